@@ -7,3 +7,6 @@
 
 pub mod name;
 pub mod secret;
+pub mod chunk;
+pub mod ignore;
+pub mod version;
