@@ -5,8 +5,8 @@
 //! [`secret::ReadWriteSecret::generate`]). Higher layers — the index, the scanner, the engine, the
 //! network — build on these types, never the other way round.
 
-pub mod name;
-pub mod secret;
 pub mod chunk;
 pub mod ignore;
+pub mod name;
+pub mod secret;
 pub mod version;

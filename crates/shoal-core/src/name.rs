@@ -92,14 +92,26 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for ok in ["gitlab", "a", "my-app_2", "données", "x.y", &"a".repeat(255)] {
-            assert_eq!(NamespaceName::new(ok).map(|n| n.to_string()).as_deref(), Ok(ok));
+        for ok in [
+            "gitlab",
+            "a",
+            "my-app_2",
+            "données",
+            "x.y",
+            &"a".repeat(255),
+        ] {
+            assert_eq!(
+                NamespaceName::new(ok).map(|n| n.to_string()).as_deref(),
+                Ok(ok)
+            );
         }
     }
 
+    type Check = fn(&NameError) -> bool;
+
     #[test]
     fn refuses_names_that_escape_or_hide() {
-        let cases: [(&str, fn(&NameError) -> bool); 9] = [
+        let cases: [(&str, Check); 9] = [
             ("", |e| matches!(e, NameError::Empty)),
             ("../x", |e| matches!(e, NameError::Slash(_))),
             ("a/b", |e| matches!(e, NameError::Slash(_))),
@@ -114,6 +126,9 @@ mod tests {
             let err = NamespaceName::new(bad).expect_err(bad);
             assert!(want(&err), "{bad:?} gave {err:?}");
         }
-        assert_eq!(NamespaceName::new(&"a".repeat(300)), Err(NameError::TooLong(300)));
+        assert_eq!(
+            NamespaceName::new(&"a".repeat(300)),
+            Err(NameError::TooLong(300))
+        );
     }
 }

@@ -1,0 +1,229 @@
+//! `ctl`: btsync.docker's commands, with its output and exit codes.
+//!
+//! Changes (`add`, `del`) go to the running daemon when there is one, so they are live when `ctl`
+//! returns; with no daemon, `ctl` edits the config file itself and the daemon picks it up when it
+//! starts. Reads (`list`, `has`, `path`, `secret`) come from the config file, which is the truth in
+//! both cases. stdout carries only the answer (for `$(ctl path gitlab)`); logs go to stderr.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use serde_json::json;
+use shoal_core::secret::Secret;
+use tracing::debug;
+
+use crate::cli::{Ctl, Scope};
+use crate::control::{self, Outcome, Reply, Request};
+use crate::error::{EXIT_FAILURE, EXIT_NOT_RUNNING, user_error};
+use crate::ops;
+use crate::settings::Settings;
+
+/// Runs one ctl command; returns the process exit code.
+pub fn run(settings: &Settings, command: Ctl) -> anyhow::Result<i32> {
+    let json = settings.global.json;
+    match command {
+        Ctl::Init => {
+            let created = ops::init(settings)?;
+            let path = settings.config_path.display();
+            if created {
+                debug!("wrote a new config to {path}");
+            } else {
+                debug!("kept the existing config at {path}");
+            }
+            if json {
+                println!(
+                    "{}",
+                    json!({ "config": settings.config_path, "created": created })
+                );
+            }
+        }
+        Ctl::Add { secret, namespace } => {
+            let request = Request::Add {
+                namespace: namespace.clone(),
+                secret: secret.clone(),
+            };
+            let data = match via_daemon(settings, &request)? {
+                Some(data) => data,
+                None => {
+                    let added = ops::add(settings, &namespace, secret.as_deref(), false)?;
+                    json!({ "namespace": added.name, "dir": added.dir, "live": false })
+                }
+            };
+            debug!("added namespace {namespace}");
+            if json {
+                println!("{data}");
+            }
+        }
+        Ctl::Del { namespace } => {
+            let request = Request::Del {
+                namespace: namespace.clone(),
+            };
+            let data = match via_daemon(settings, &request)? {
+                Some(data) => data,
+                None => {
+                    let dir = ops::del(settings, &namespace)?;
+                    json!({ "namespace": namespace, "dir": dir, "live": false })
+                }
+            };
+            debug!("removed namespace {namespace}; its files stay on disk");
+            if json {
+                println!("{data}");
+            }
+        }
+        Ctl::Path { scope, namespace } => {
+            let name = ops::parse_name(&namespace)?;
+            let config = ops::load(settings)?;
+            if config.folder(&name).is_none() {
+                return Err(user_error(ops::no_such_namespace(&name, settings)));
+            }
+            let root = match scope {
+                Scope::Host => &settings.host_data_path,
+                Scope::Container => &settings.data_path,
+            };
+            let path = root.join(name.as_str());
+            if json {
+                println!("{}", json!({ "namespace": name, "path": path }));
+            } else {
+                println!("{}", path.display());
+            }
+        }
+        Ctl::Has { namespace } => {
+            let name = ops::parse_name(&namespace)?;
+            let config = ops::load(settings)?;
+            return Ok(if config.folder(&name).is_some() {
+                0
+            } else {
+                EXIT_FAILURE
+            });
+        }
+        Ctl::List => {
+            let names = ops::load(settings)?.namespaces();
+            if json {
+                println!("{}", json!(names));
+            } else {
+                let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                println!("{}", names.join(" "));
+            }
+        }
+        Ctl::Secret { namespace } => {
+            let name = ops::parse_name(&namespace)?;
+            let config = ops::load(settings)?;
+            let folder = config
+                .folder(&name)
+                .ok_or_else(|| user_error(ops::no_such_namespace(&name, settings)))?;
+            print_secret(&folder.secret, json);
+        }
+        Ctl::Status => return status(settings, json),
+    }
+    Ok(0)
+}
+
+/// Sends a change to the daemon. `None`: no daemon is running, do it locally.
+fn via_daemon(settings: &Settings, request: &Request) -> anyhow::Result<Option<serde_json::Value>> {
+    match control::call(&settings.socket_path(), request)? {
+        Outcome::NotRunning => Ok(None),
+        Outcome::Replied(reply) => reply_data(reply).map(Some),
+    }
+}
+
+fn reply_data(reply: Reply) -> anyhow::Result<serde_json::Value> {
+    if reply.ok {
+        return Ok(reply.data);
+    }
+    let message = reply
+        .error
+        .unwrap_or_else(|| "the daemon refused the request".to_owned());
+    if reply.code == crate::error::EXIT_BAD_INPUT {
+        Err(user_error(message))
+    } else {
+        Err(anyhow::anyhow!(message))
+    }
+}
+
+pub fn print_secret(secret: &Secret, json: bool) {
+    let read_write = match secret {
+        Secret::ReadWrite(rw) => Some(rw.to_string()),
+        Secret::ReadOnly(_) => None,
+    };
+    let read_only = secret.read_only().to_string();
+    let share_id = secret.share_id().to_string();
+    if json {
+        println!(
+            "{}",
+            json!({ "read_write": read_write, "read_only": read_only, "share_id": share_id })
+        );
+        return;
+    }
+    match read_write {
+        Some(rw) => println!("read-write: {rw}"),
+        None => println!("read-write: (not held: this node has the read-only secret)"),
+    }
+    println!("read-only:  {read_only}");
+    println!("share id:   {share_id}");
+}
+
+fn status(settings: &Settings, json: bool) -> anyhow::Result<i32> {
+    let reply = match control::call(&settings.socket_path(), &Request::Status)? {
+        Outcome::Replied(reply) => reply_data(reply)?,
+        Outcome::NotRunning => {
+            let config = ops::load(settings)?;
+            let names = config.namespaces();
+            if json {
+                println!("{}", json!({ "running": false, "namespaces": names }));
+            } else {
+                println!(
+                    "daemon: not running (state {})",
+                    settings.state_path.display()
+                );
+                for name in names {
+                    println!("  {name:<24} stopped");
+                }
+            }
+            return Ok(EXIT_NOT_RUNNING);
+        }
+    };
+    if json {
+        println!("{reply}");
+        return Ok(0);
+    }
+    print_status(&reply).context("the daemon's status reply is malformed")?;
+    Ok(0)
+}
+
+fn print_status(status: &serde_json::Value) -> Option<()> {
+    let color = std::io::stdout().is_terminal();
+    let (bold, reset) = if color {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    println!(
+        "{bold}daemon{reset}: running, pid {}, up {}s, device {}, shoal {}",
+        status.get("pid")?,
+        status.get("uptime_secs")?,
+        status.get("device_name")?.as_str()?,
+        status.get("version")?.as_str()?,
+    );
+    let namespaces = status.get("namespaces")?.as_array()?;
+    if namespaces.is_empty() {
+        println!("no namespaces (add one with `ctl add NAME`)");
+    }
+    for ns in namespaces {
+        let peers = ns
+            .get("peers")
+            .and_then(|p| p.as_array())
+            .map_or(0, Vec::len);
+        println!(
+            "  {bold}{:<24}{reset} {:<10} {:<10} {} peer(s)  {}",
+            ns.get("name")?.as_str()?,
+            ns.get("state")?.as_str()?,
+            ns.get("access")?.as_str()?,
+            peers,
+            ns.get("dir")?.as_str()?,
+        );
+        if let Some(detail) = ns.get("detail").and_then(|d| d.as_str()) {
+            println!("      {detail}");
+        }
+    }
+    Some(())
+}

@@ -1,0 +1,232 @@
+//! `shoal daemon`: the node's process.
+//!
+//! Start-up runs in a fixed order, each step for a reason:
+//! 1. load (or create) the config, so a broken file stops us with its line and key before anything else;
+//! 2. take the state directory's lock, so a second daemon on the same state is refused;
+//! 3. bind the control socket and write the PID file — while still root, so both can be handed to
+//!    the daemon's user;
+//! 4. drop to `UID`/`GID` when started as root — before any thread exists, so every thread runs as
+//!    that user;
+//! 5. start the runtime: the supervisor (one actor owning the running namespaces), the control
+//!    server, the config-file poller and the signal handler.
+//!
+//! Shutdown (SIGTERM, SIGINT) cancels everything through one `watch` channel, waits for the tasks
+//! with a deadline well under the 5 s a container engine gives, then removes the socket and PID file.
+
+mod server;
+mod supervisor;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::ops;
+use crate::settings::Settings;
+
+pub use supervisor::Supervisor;
+
+/// How long shutdown may take before the remaining tasks are abandoned.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    ops::init(&settings)?;
+    let config = shoal_config::Config::load(&settings.config_path)?;
+
+    ops::create_dir_for_daemon(&settings.data_path, &settings)?;
+    ops::create_dir_for_daemon(&settings.state_path, &settings)?;
+    std::fs::set_permissions(&settings.state_path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", settings.state_path.display()))?;
+    let lock = lock_state(&settings)?;
+
+    let socket_path = settings.socket_path();
+    // We hold the lock, so a socket file still there was left by a daemon that died.
+    match std::fs::remove_file(&socket_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("removing stale {}", socket_path.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+        .with_context(|| format!("binding the control socket {}", socket_path.display()))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    ops::give_to_daemon_user(&socket_path, &settings)?;
+    let pid_file = PidFile::write(&settings)?;
+
+    drop_privileges(&settings)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shoal")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(settings, config, listener));
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    pid_file.remove();
+    let _ = std::fs::remove_file(&socket_path);
+    drop(lock);
+    result
+}
+
+async fn serve(
+    settings: Settings,
+    config: shoal_config::Config,
+    listener: std::os::unix::net::UnixListener,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (supervisor, inbox) = mpsc::channel(64);
+    let supervisor = supervisor::Handle::new(supervisor);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(Supervisor::new(settings.clone(), inbox, stop_rx.clone()).run(config));
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    tasks.spawn(server::serve(
+        listener,
+        settings.clone(),
+        supervisor.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(supervisor::poll_config(
+        settings.clone(),
+        supervisor.clone(),
+        stop_rx.clone(),
+    ));
+    info!(
+        pid = std::process::id(),
+        config = %settings.config_path.display(),
+        data = %settings.data_path.display(),
+        "shoal daemon started"
+    );
+
+    wait_for_signal(&supervisor).await?;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                error!("a daemon task failed: {e}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+        tasks.abort_all();
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Returns on SIGTERM or SIGINT; SIGHUP re-reads the config file at once.
+async fn wait_for_signal(supervisor: &supervisor::Handle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                info!("SIGHUP: re-reading the config file");
+                if let Err(e) = supervisor.reload().await {
+                    error!("{e:#}");
+                }
+            }
+        }
+    }
+}
+
+/// The state directory's lock, held for the daemon's life: one daemon per state directory.
+fn lock_state(settings: &Settings) -> anyhow::Result<File> {
+    let path = settings.state_path.join("daemon.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another shoal daemon (pid {}) is already running on {}",
+                holder.trim(),
+                settings.state_path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).context(format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    ops::give_to_daemon_user(&path, settings)?;
+    Ok(file)
+}
+
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(settings: &Settings) -> anyhow::Result<PidFile> {
+        let path = settings.pid_path.clone();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing the PID file {}", path.display()))?;
+        ops::give_to_daemon_user(&path, settings)?;
+        Ok(PidFile(path))
+    }
+
+    /// Removes the PID file if it is still ours (a newer daemon may have taken the path over).
+    fn remove(self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Drops to `UID`/`GID` when started as root (as btsync.docker's s6-setuidgid did).
+fn drop_privileges(settings: &Settings) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    if !nix::unistd::geteuid().is_root() || settings.uid == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (Uid::from_raw(settings.uid), Gid::from_raw(settings.gid));
+    setgroups(&[gid]).context("dropping supplementary groups")?;
+    setgid(gid).with_context(|| format!("switching to gid {gid}"))?;
+    setuid(uid).with_context(|| format!("switching to uid {uid}"))?;
+    info!(uid = settings.uid, gid = settings.gid, user = %settings.uname, "dropped root privileges");
+    check_reachable(&settings.data_path, settings)
+}
+
+/// After the drop, the data directory must still be usable; say how to fix it if not.
+fn check_reachable(dir: &Path, settings: &Settings) -> anyhow::Result<()> {
+    use nix::unistd::{AccessFlags, access};
+    if access(
+        dir,
+        AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
+    )
+    .is_err()
+    {
+        bail!(
+            "after dropping to uid {} gid {}, {} is not readable and writable: give it to that user, \
+             or choose another with UID=… GID=… (or --uid/--gid; 0 keeps root)",
+            settings.uid,
+            settings.gid,
+            dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The supervisor: the one actor that owns the set of running namespaces.
+//!
+//! Everything that changes which namespaces run — a `ctl` request, the periodic look at the config
+//! file, SIGHUP — sends a message to this actor's inbox and waits for its reply, so changes are applied
+//! one at a time, in order, with no lock shared between tasks. Applying a config is a diff: namespaces
+//! that appeared are started, those that disappeared are stopped, those whose secret or directory
+//! changed are restarted; the others are not touched.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+use shoal_config::{Config, SharedFolder};
+use shoal_core::name::NamespaceName;
+use shoal_core::secret::Secret;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::settings::Settings;
+
+pub enum Command {
+    /// Re-read the config file and apply it if it changed.
+    Reload(oneshot::Sender<anyhow::Result<()>>),
+    Status(oneshot::Sender<serde_json::Value>),
+}
+
+/// A cheap, cloneable way to talk to the supervisor.
+#[derive(Clone, Debug)]
+pub struct Handle(mpsc::Sender<Command>);
+
+impl Handle {
+    pub fn new(tx: mpsc::Sender<Command>) -> Handle {
+        Handle(tx)
+    }
+
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Command::Reload(tx))
+            .await
+            .context("the daemon is shutting down")?;
+        rx.await.context("the daemon is shutting down")?
+    }
+
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Command::Status(tx))
+            .await
+            .context("the daemon is shutting down")?;
+        rx.await.context("the daemon is shutting down")
+    }
+}
+
+/// One running namespace.
+#[derive(Debug)]
+struct Namespace {
+    dir: PathBuf,
+    secret: Secret,
+    state: State,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Idle,
+    /// The namespace cannot run; the message says why and what to do.
+    Error(String),
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    settings: Settings,
+    inbox: mpsc::Receiver<Command>,
+    stop: watch::Receiver<bool>,
+    running: BTreeMap<NamespaceName, Namespace>,
+    device_name: String,
+    /// The config file's bytes when last read, to apply only real changes and to report a broken
+    /// file once rather than at every poll.
+    last_seen: Option<Vec<u8>>,
+    started: Instant,
+}
+
+impl Supervisor {
+    pub fn new(
+        settings: Settings,
+        inbox: mpsc::Receiver<Command>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Supervisor {
+            settings,
+            inbox,
+            stop,
+            running: BTreeMap::new(),
+            device_name: String::new(),
+            last_seen: None,
+            started: Instant::now(),
+        }
+    }
+
+    pub async fn run(mut self, config: Config) {
+        self.last_seen = std::fs::read(&self.settings.config_path).ok();
+        self.apply(&config);
+        loop {
+            tokio::select! {
+                _ = self.stop.changed() => break,
+                command = self.inbox.recv() => match command {
+                    None => break,
+                    Some(Command::Reload(reply)) => { let _ = reply.send(self.reload()); }
+                    Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
+                },
+            }
+        }
+        let names: Vec<NamespaceName> = self.running.keys().cloned().collect();
+        for name in names {
+            self.stop_namespace(&name);
+        }
+    }
+
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let path = &self.settings.config_path;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.last_seen.take().is_some() {
+                    warn!(
+                        "{} disappeared; keeping the namespaces that run",
+                        path.display()
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e).context(format!("reading {}", path.display())),
+        };
+        if self.last_seen.as_ref() == Some(&bytes) {
+            return Ok(());
+        }
+        self.last_seen = Some(bytes.clone());
+        let text = String::from_utf8_lossy(&bytes);
+        match Config::parse(&text, path) {
+            Ok(config) => {
+                info!("{} changed; applying it", path.display());
+                self.apply(&config);
+                Ok(())
+            }
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(
+                    "the config file is invalid; the daemon keeps running the previous one",
+                );
+                error!("{e:#}");
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(&mut self, config: &Config) {
+        self.device_name = config.device_name.clone();
+        let mut wanted: BTreeMap<NamespaceName, &SharedFolder> = BTreeMap::new();
+        for folder in &config.shared_folders {
+            match folder.namespace() {
+                Ok(name) => {
+                    wanted.insert(name, folder);
+                }
+                Err(e) => error!("skipping shared folder {}: {e}", folder.dir.display()),
+            }
+        }
+        let gone: Vec<NamespaceName> = self
+            .running
+            .iter()
+            .filter(|(name, ns)| {
+                wanted
+                    .get(*name)
+                    .is_none_or(|f| f.secret != ns.secret || f.dir != ns.dir)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.stop_namespace(&name);
+        }
+        for (name, folder) in wanted {
+            if !self.running.contains_key(&name) {
+                self.start_namespace(name, folder);
+            }
+        }
+    }
+
+    fn start_namespace(&mut self, name: NamespaceName, folder: &SharedFolder) {
+        let dir = folder.dir.clone();
+        let state = match prepare_dir(&dir) {
+            Ok(()) => State::Idle,
+            Err(why) => {
+                error!(namespace = %name, "cannot start: {why}");
+                State::Error(why)
+            }
+        };
+        let access = if folder.secret.is_read_write() {
+            "read-write"
+        } else {
+            "read-only"
+        };
+        info!(namespace = %name, dir = %dir.display(), access, "namespace started");
+        self.running.insert(
+            name,
+            Namespace {
+                dir,
+                secret: folder.secret.clone(),
+                state,
+            },
+        );
+    }
+
+    fn stop_namespace(&mut self, name: &NamespaceName) {
+        if self.running.remove(name).is_some() {
+            info!(namespace = %name, "namespace stopped");
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let namespaces: Vec<serde_json::Value> = self
+            .running
+            .iter()
+            .map(|(name, ns)| {
+                let (state, detail) = match &ns.state {
+                    State::Idle => ("idle", None),
+                    State::Error(why) => ("error", Some(why.clone())),
+                };
+                json!({
+                    "name": name,
+                    "dir": ns.dir,
+                    "access": if ns.secret.is_read_write() { "read-write" } else { "read-only" },
+                    "share_id": ns.secret.share_id().to_string(),
+                    "state": state,
+                    "detail": detail,
+                    "peers": [],
+                })
+            })
+            .collect();
+        json!({
+            "running": true,
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "device_name": self.device_name,
+            "config_path": self.settings.config_path,
+            "state_path": self.settings.state_path,
+            "namespaces": namespaces,
+        })
+    }
+}
+
+/// A namespace runs only in a directory that exists: a missing one may be an unmounted volume,
+/// and syncing it would look to every peer as if all its files were deleted. `.sync/` (the marker
+/// and home of the archive and ignore list) is created on first start.
+fn prepare_dir(dir: &std::path::Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} does not exist (an unmounted volume?); create it, or re-add the namespace",
+            dir.display()
+        ));
+    }
+    let marker = dir.join(".sync");
+    std::fs::create_dir_all(&marker).map_err(|e| format!("cannot create {}: {e}", marker.display()))
+}
+
+/// Looks at the config file every `CONFIG_INTERVAL_CHECK` seconds, as btsync.docker's entrypoint
+/// did — but a change is applied live instead of restarting the process.
+pub async fn poll_config(settings: Settings, supervisor: Handle, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(settings.config_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                // Errors are logged by the supervisor, once per distinct file content.
+                let _ = supervisor.reload().await;
+            }
+        }
+    }
+}
