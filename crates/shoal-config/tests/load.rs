@@ -349,3 +349,47 @@ fn debug_output_hides_secrets_and_passwords() {
     assert!(!shown.contains("\"password\":\"admin\""), "{shown}");
     assert!(shown.contains("/data/gitlab"), "{shown}");
 }
+
+#[test]
+fn a_secret_and_its_read_only_form_are_one_share() {
+    let rw: shoal_core::secret::Secret =
+        "A22QYMGFPY3EVHZY2OWU6HR3ZLXEZBT54".parse().expect("secret");
+    let ro = rw.read_only().to_string();
+    let text = format!(
+        r#"{{"shared_folders": [
+            {{"secret": "A22QYMGFPY3EVHZY2OWU6HR3ZLXEZBT54", "dir": "/data/a"}},
+            {{"secret": "{ro}", "dir": "/data/b"}}]}}"#
+    );
+    let e = error(&text);
+    assert!(
+        e.contains("shared_folders[1].secret: the same secret as shared_folders[0]"),
+        "{e}"
+    );
+    let mut config = parse("{}").expect("empty");
+    config
+        .add_folder(NamespaceName::new("a").expect("name"), rw, "/data/a".into())
+        .expect("add");
+    let again = config.add_folder(
+        NamespaceName::new("b").expect("name"),
+        ro.parse().expect("ro"),
+        "/data/b".into(),
+    );
+    assert!(
+        matches!(again, Err(ConfigError::SecretInUse { .. })),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_bad_secret_is_explained_without_being_shown() {
+    let text = BTSYNC_DOCKER.replace(
+        "A22QYMGFPY3EVHZY2OWU6HR3ZLXEZBT54",
+        "A22QYMGFPY3EVHZY2OWU6HR3ZLXEZBT5",
+    );
+    let e = error(&text);
+    assert!(
+        e.contains("invalid secret \"A22QYM…\": it is 32 characters long"),
+        "{e}"
+    );
+    assert_eq!(e.matches("invalid secret").count(), 1, "{e}");
+}

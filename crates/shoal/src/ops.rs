@@ -54,7 +54,7 @@ pub fn new_config(settings: &Settings) -> Config {
     config
 }
 
-fn default_device_name() -> String {
+pub fn default_device_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

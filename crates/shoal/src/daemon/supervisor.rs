@@ -155,7 +155,10 @@ impl Supervisor {
     }
 
     fn apply(&mut self, config: &Config) {
-        self.device_name = config.device_name.clone();
+        self.device_name = match config.device_name.as_str() {
+            "" => crate::ops::default_device_name(),
+            name => name.to_owned(),
+        };
         let mut wanted: BTreeMap<NamespaceName, &SharedFolder> = BTreeMap::new();
         for folder in &config.shared_folders {
             match folder.namespace() {
