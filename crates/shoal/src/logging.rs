@@ -59,7 +59,8 @@ pub fn init(debug: &str, base: &str, with_time: bool) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // A second init (only possible in tests) keeps the first subscriber: ignoring the error is right.
     let _ = if with_time {
         builder.try_init()

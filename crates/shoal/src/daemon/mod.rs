@@ -39,6 +39,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let config = shoal_config::Config::load(&settings.config_path)?;
 
     ops::create_dir_for_daemon(&settings.data_path, &settings)?;
+    // The daemon's user must be able to create namespaces and replace the config file in
+    // DATA_PATH (a Docker volume starts out owned by root). Only the directory itself changes
+    // hands, never what is inside it.
+    ops::give_to_daemon_user(&settings.data_path, &settings)?;
     ops::create_dir_for_daemon(&settings.state_path, &settings)?;
     std::fs::set_permissions(&settings.state_path, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("securing {}", settings.state_path.display()))?;
