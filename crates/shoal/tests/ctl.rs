@@ -122,8 +122,7 @@ fn secrets_given_generated_shown_and_refused() {
         shown.contains(&format!("read-write: {MAKEFILE_SECRET}")),
         "{shown}"
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&node.ctl(&["secret", "--json", "gitlab"]).stdout).expect("JSON");
+    let json: serde_json::Value = node.ctl_json(&["secret", "gitlab"]);
     assert_eq!(json["read_write"], MAKEFILE_SECRET);
     let read_only = json["read_only"]
         .as_str()
@@ -145,8 +144,7 @@ fn secrets_given_generated_shown_and_refused() {
             .status
             .success()
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&reader.ctl(&["secret", "--json", "mirror"]).stdout).expect("JSON");
+    let json: serde_json::Value = reader.ctl_json(&["secret", "mirror"]);
     assert_eq!(
         (json["read_write"].is_null(), json["read_only"].as_str()),
         (true, Some(read_only.as_str()))
@@ -156,8 +154,7 @@ fn secrets_given_generated_shown_and_refused() {
     assert!(node.ctl(&["add", "a"]).status.success());
     assert!(node.ctl(&["add", "b"]).status.success());
     let secret_of = |ns: &str| -> String {
-        let v: serde_json::Value =
-            serde_json::from_slice(&node.ctl(&["secret", "--json", ns]).stdout).expect("JSON");
+        let v: serde_json::Value = node.ctl_json(&["secret", ns]);
         v["read_write"].as_str().expect("generated rw").to_owned()
     };
     let (a, b) = (secret_of("a"), secret_of("b"));

@@ -160,17 +160,14 @@ fn bootstrap_adds_then_runs_and_is_idempotent_on_restart() {
     assert_eq!(node.running_namespaces(), ["other", "testing"]);
     // Two namespaces cannot share one secret: each gets its own, derived alike on every node.
     let rw = |ns: &str| -> String {
-        let v: serde_json::Value =
-            serde_json::from_slice(&node.ctl(&["secret", "--json", ns]).stdout).expect("JSON");
+        let v: serde_json::Value = node.ctl_json(&["secret", ns]);
         v["read_write"].as_str().expect("rw").to_owned()
     };
     let (testing, other) = (rw("testing"), rw("other"));
     assert_ne!(testing, other);
     let elsewhere = Node::new();
     let mut second = elsewhere.spawn_daemon(&["bootstrap", MAKEFILE_SECRET, "testing", "other"]);
-    let theirs: serde_json::Value =
-        serde_json::from_slice(&elsewhere.ctl(&["secret", "--json", "testing"]).stdout)
-            .expect("JSON");
+    let theirs: serde_json::Value = elsewhere.ctl_json(&["secret", "testing"]);
     assert_eq!(theirs["read_write"].as_str(), Some(testing.as_str()));
     second.stop_with(Signal::SIGTERM, Duration::from_secs(5));
     daemon.stop_with(Signal::SIGTERM, Duration::from_secs(5));
@@ -178,8 +175,7 @@ fn bootstrap_adds_then_runs_and_is_idempotent_on_restart() {
     // One namespace gets the secret itself, as with btsync.docker.
     let single = Node::new();
     let mut third = single.spawn_daemon(&["bootstrap", MAKEFILE_SECRET, "solo"]);
-    let solo: serde_json::Value =
-        serde_json::from_slice(&single.ctl(&["secret", "--json", "solo"]).stdout).expect("JSON");
+    let solo: serde_json::Value = single.ctl_json(&["secret", "solo"]);
     assert_eq!(solo["read_write"], MAKEFILE_SECRET);
     third.stop_with(Signal::SIGTERM, Duration::from_secs(5));
 

@@ -136,15 +136,17 @@ impl Node {
         daemon
     }
 
+    /// `ctl ARGS --json`, which must succeed, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.ctl(&all);
+        assert_eq!(out.status.code(), Some(0), "ctl {args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON")
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
-        let out = self.ctl(&["status", "--json"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "status failed: {}",
-            stderr(&out)
-        );
-        serde_json::from_slice(&out.stdout).expect("status is JSON")
+        self.ctl_json(&["status"])
     }
 
     pub fn running_namespaces(&self) -> Vec<String> {
