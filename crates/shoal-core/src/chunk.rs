@@ -1,1 +1,281 @@
-//! (being written)
+//! Content-defined chunking (FastCDC with normalized chunking) and BLAKE3 chunk hashes.
+//!
+//! A file is cut where a rolling "gear" hash of its last bytes has its top bits zero, so cut points
+//! depend on content, not offsets: inserting a byte near the start of a large file moves only the
+//! chunk it lands in, and every later chunk keeps its hash. Cuts are not looked for in the first
+//! [`MIN_SIZE`] bytes of a chunk (FastCDC's skip, which also makes it fast), are harder to find
+//! before [`AVG_SIZE`] and easier after (normalized chunking: sizes cluster around the average), and
+//! are forced at [`MAX_SIZE`]. See docs/chunking.md for the sizes and why.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// No chunk but a file's last is shorter.
+pub const MIN_SIZE: u32 = 64 * 1024;
+/// The size chunks cluster around.
+pub const AVG_SIZE: u32 = 256 * 1024;
+/// No chunk is longer.
+pub const MAX_SIZE: u32 = 1024 * 1024;
+
+/// The gear table: 256 pseudo-random words, part of the on-disk and wire format (changing it moves
+/// every cut point). Derived by splitmix64 from a fixed seed, so it is reproducible from this line.
+const GEAR: [u64; 256] = gear_table(0x5348_4f41_4c5f_4344); // "SHOAL_CD"
+
+const fn gear_table(seed: u64) -> [u64; 256] {
+    let mut table = [0u64; 256];
+    let mut state = seed;
+    let mut i = 0;
+    while i < 256 {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        table[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    table
+}
+
+/// A BLAKE3 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    pub fn of(data: &[u8]) -> Hash {
+        Hash(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Hash> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Hash(out))
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", &self.to_hex()[..16])
+    }
+}
+
+/// One chunk of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub offset: u64,
+    pub len: u32,
+    pub hash: Hash,
+}
+
+/// Finds chunk boundaries in a stream; the cuts depend only on the content, never on how the
+/// caller splits its reads.
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    min: u32,
+    avg: u32,
+    max: u32,
+    /// Cut-point masks before and after `avg`: two bits more and two bits fewer than `avg` calls
+    /// for (FastCDC's normalization level 2).
+    strict: u64,
+    loose: u64,
+    /// Bytes of the current chunk seen so far, and the rolling hash.
+    len: u32,
+    hash: u64,
+}
+
+impl Default for Chunker {
+    fn default() -> Self {
+        Chunker::new()
+    }
+}
+
+impl Chunker {
+    pub fn new() -> Self {
+        Chunker::with_sizes(MIN_SIZE, AVG_SIZE, MAX_SIZE)
+    }
+
+    /// Custom sizes. Nonsense is made sensible rather than refused: `avg` is rounded down to a power
+    /// of two (at least 64), `min` kept below it, `max` kept above it.
+    pub fn with_sizes(min: u32, avg: u32, max: u32) -> Self {
+        let avg = avg.max(64);
+        let avg = 1u32 << (31 - avg.leading_zeros());
+        let min = min.min(avg / 2);
+        let max = max.max(avg * 2);
+        let bits = avg.trailing_zeros();
+        Chunker {
+            min,
+            avg,
+            max,
+            strict: top_bits(bits + 2),
+            loose: top_bits(bits.saturating_sub(2).max(1)),
+            len: 0,
+            hash: 0,
+        }
+    }
+
+    /// Consumes bytes of the current chunk from `data`. Returns `Some(n)` when a chunk ends after
+    /// `data[..n]` (the chunker then starts a new chunk; call again with `data[n..]`), `None` when
+    /// all of `data` belongs to the still-open chunk.
+    pub fn next_boundary(&mut self, data: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        // No cut can fall within the first `min` bytes: skip them unhashed.
+        if self.len < self.min {
+            let skip = ((self.min - self.len) as usize).min(data.len());
+            self.len += skip as u32;
+            i = skip;
+            if self.len < self.min {
+                return None;
+            }
+        }
+        if self.len < self.avg {
+            let n = ((self.avg - self.len) as usize).min(data.len() - i);
+            if let Some(at) = self.roll(&data[i..i + n], self.strict) {
+                return Some(self.cut(i + at));
+            }
+            i += n;
+            self.len += n as u32;
+            if self.len < self.avg {
+                return None;
+            }
+        }
+        let n = ((self.max - self.len) as usize).min(data.len() - i);
+        if let Some(at) = self.roll(&data[i..i + n], self.loose) {
+            return Some(self.cut(i + at));
+        }
+        i += n;
+        self.len += n as u32;
+        if self.len >= self.max {
+            return Some(self.cut(i));
+        }
+        None
+    }
+
+    /// Rolls the hash over `bytes`; the length up to and including the first cut point, if any.
+    #[inline]
+    fn roll(&mut self, bytes: &[u8], mask: u64) -> Option<usize> {
+        let mut h = self.hash;
+        for (k, &b) in bytes.iter().enumerate() {
+            h = (h << 1).wrapping_add(GEAR[b as usize]);
+            if h & mask == 0 {
+                self.hash = h;
+                return Some(k + 1);
+            }
+        }
+        self.hash = h;
+        None
+    }
+
+    fn cut(&mut self, n: usize) -> usize {
+        self.len = 0;
+        self.hash = 0;
+        n
+    }
+}
+
+fn top_bits(n: u32) -> u64 {
+    let n = n.min(63);
+    ((1u64 << n) - 1) << (64 - n)
+}
+
+/// Streaming chunker and hasher: feed a file's content in any pieces, get its chunk list.
+#[derive(Debug, Default)]
+pub struct ChunkHasher {
+    chunker: Chunker,
+    hasher: blake3::Hasher,
+    offset: u64,
+    len: u64,
+    chunks: Vec<Chunk>,
+}
+
+impl ChunkHasher {
+    pub fn new() -> Self {
+        ChunkHasher::with_chunker(Chunker::new())
+    }
+
+    pub fn with_chunker(chunker: Chunker) -> Self {
+        ChunkHasher {
+            chunker,
+            hasher: blake3::Hasher::new(),
+            offset: 0,
+            len: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.chunker.next_boundary(data) {
+                Some(n) => {
+                    self.hasher.update(&data[..n]);
+                    self.len += n as u64;
+                    self.close_chunk();
+                    data = &data[n..];
+                }
+                None => {
+                    self.hasher.update(data);
+                    self.len += data.len() as u64;
+                    data = &[];
+                }
+            }
+        }
+    }
+
+    fn close_chunk(&mut self) {
+        self.chunks.push(Chunk {
+            offset: self.offset,
+            len: self.len as u32,
+            hash: Hash(*self.hasher.finalize().as_bytes()),
+        });
+        self.offset += self.len;
+        self.len = 0;
+        self.hasher.reset();
+    }
+
+    /// The chunk list; an empty input has none.
+    pub fn finish(mut self) -> Vec<Chunk> {
+        if self.len > 0 {
+            self.close_chunk();
+        }
+        self.chunks
+    }
+}
+
+/// Whole-buffer convenience: the same chunks as [`ChunkHasher`] fed the same bytes.
+pub fn chunk_bytes(data: &[u8]) -> Vec<Chunk> {
+    let mut h = ChunkHasher::new();
+    h.update(data);
+    h.finish()
+}
+
+/// A file's identity: BLAKE3 (in its key-derivation mode, so it can never equal a chunk hash) over
+/// each chunk's length (u32, little-endian) and hash. An empty file hashes the empty list.
+pub fn file_hash(chunks: &[Chunk]) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("shoal 2026-11 file hash v1");
+    for c in chunks {
+        h.update(&c.len.to_le_bytes());
+        h.update(&c.hash.0);
+    }
+    Hash(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+#[path = "chunk_tests.rs"]
+mod tests;

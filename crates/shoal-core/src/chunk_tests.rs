@@ -1,0 +1,171 @@
+#![allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Reproducible incompressible bytes (xorshift64*), the worst case for finding cut points.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn assert_well_formed(data: &[u8], chunks: &[Chunk]) {
+    let mut offset = 0u64;
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c.offset, offset, "chunk {i} is not contiguous");
+        assert!(c.len <= MAX_SIZE, "chunk {i} is {} bytes", c.len);
+        if i + 1 < chunks.len() {
+            assert!(c.len >= MIN_SIZE, "chunk {i} is {} bytes", c.len);
+        }
+        let bytes = &data[c.offset as usize..c.offset as usize + c.len as usize];
+        assert_eq!(c.hash, Hash::of(bytes), "chunk {i} hash");
+        offset += u64::from(c.len);
+    }
+    assert_eq!(offset, data.len() as u64);
+}
+
+/// Bytes of `new`'s chunks that `old` does not have: what a peer holding `old` must fetch.
+fn new_bytes(old: &[Chunk], new: &[Chunk]) -> u64 {
+    let have: HashSet<Hash> = old.iter().map(|c| c.hash).collect();
+    new.iter()
+        .filter(|c| !have.contains(&c.hash))
+        .map(|c| u64::from(c.len))
+        .sum()
+}
+
+#[test]
+fn chunks_are_contiguous_verified_and_within_bounds() {
+    let data = noise(40 << 20, 7);
+    let chunks = chunk_bytes(&data);
+    assert_well_formed(&data, &chunks);
+    let mean = data.len() as f64 / chunks.len() as f64;
+    assert!(
+        (0.6 * f64::from(AVG_SIZE)..1.6 * f64::from(AVG_SIZE)).contains(&mean),
+        "mean chunk {mean:.0} bytes"
+    );
+}
+
+#[test]
+fn zeros_and_tiny_inputs() {
+    assert!(chunk_bytes(&[]).is_empty());
+    let one = chunk_bytes(b"x");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].hash, Hash::of(b"x"));
+    // A run of zeros never hits a cut point: it is cut at MAX_SIZE.
+    let zeros = vec![0u8; 3 * MAX_SIZE as usize + 5];
+    let chunks = chunk_bytes(&zeros);
+    assert_well_formed(&zeros, &chunks);
+    assert_eq!(chunks.len(), 4);
+    // The same chunk three times: the chunk list says so, so it is stored and fetched once.
+    assert_eq!(chunks[0].hash, chunks[2].hash);
+}
+
+#[test]
+fn one_byte_inserted_at_the_start_changes_only_the_first_chunks() {
+    let data = noise(64 << 20, 11);
+    let before = chunk_bytes(&data);
+    let mut inserted = Vec::with_capacity(data.len() + 1);
+    inserted.push(0x5a);
+    inserted.extend_from_slice(&data);
+    let after = chunk_bytes(&inserted);
+    let changed = after.iter().filter(|c| !before.iter().any(|b| b.hash == c.hash)).count();
+    assert!(changed <= 2, "{changed} chunks changed");
+    assert!(new_bytes(&before, &after) <= 2 * u64::from(MAX_SIZE));
+}
+
+#[test]
+fn one_mib_overwritten_in_the_middle_costs_about_one_mib() {
+    let data = noise(64 << 20, 13);
+    let before = chunk_bytes(&data);
+    let mut edited = data.clone();
+    let at = 30 << 20;
+    edited[at..at + (1 << 20)].copy_from_slice(&noise(1 << 20, 99));
+    let after = chunk_bytes(&edited);
+    let fetched = new_bytes(&before, &after);
+    assert!(fetched >= 1 << 20);
+    assert!(fetched <= (1 << 20) + 2 * u64::from(MAX_SIZE), "{fetched} bytes to fetch");
+}
+
+#[test]
+fn the_file_hash_depends_on_every_chunk_and_is_not_a_chunk_hash() {
+    let data = noise(4 << 20, 17);
+    let chunks = chunk_bytes(&data);
+    let h = file_hash(&chunks);
+    assert_eq!(h, file_hash(&chunk_bytes(&data)));
+    let mut other = data.clone();
+    other[3 << 20] ^= 1;
+    assert_ne!(h, file_hash(&chunk_bytes(&other)));
+    assert_ne!(file_hash(&[]), Hash::of(b""));
+    let single = chunk_bytes(b"tiny");
+    assert_ne!(file_hash(&single), single[0].hash);
+}
+
+/// The gear table and the cut points are part of the format: peers must cut the same file the same
+/// way. If this test fails, the change breaks deduplication against every existing node.
+#[test]
+fn the_format_is_pinned() {
+    assert_eq!(GEAR[0], 0x25a2_9dd2_7978_d217, "GEAR[0] = {:#x}", GEAR[0]);
+    assert_eq!(GEAR[255], 0x5a22_8b2f_9493_a89b, "GEAR[255] = {:#x}", GEAR[255]);
+    let cuts: Vec<u32> = chunk_bytes(&noise(2 << 20, 1)).iter().map(|c| c.len).collect();
+    assert_eq!(
+        cuts,
+        [297866, 291534, 276041, 194163, 281182, 349554, 186919, 72803, 147090],
+        "cut lengths"
+    );
+}
+
+#[test]
+fn hex_round_trips() {
+    let h = Hash::of(b"abc");
+    assert_eq!(Hash::from_hex(&h.to_hex()), Some(h));
+    assert_eq!(h.to_string(), h.to_hex());
+    assert_eq!(Hash::from_hex("zz"), None);
+    assert_eq!(Hash::from_hex(&"0".repeat(63)), None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However a stream is split into reads, the chunks are the same.
+    #[test]
+    fn streaming_equals_whole(seed in any::<u64>(), len in 0usize..3_000_000, cuts in prop::collection::vec(1usize..400_000, 0..40)) {
+        let data = noise(len, seed);
+        let whole = chunk_bytes(&data);
+        let mut h = ChunkHasher::new();
+        let mut rest = &data[..];
+        for c in cuts {
+            let n = c.min(rest.len());
+            h.update(&rest[..n]);
+            rest = &rest[n..];
+        }
+        h.update(rest);
+        prop_assert_eq!(h.finish(), whole);
+    }
+
+    /// Custom sizes are made sensible and respected.
+    #[test]
+    fn custom_sizes_hold(min in 0u32..100_000, avg in 0u32..300_000, max in 0u32..600_000) {
+        let data = noise(2 << 20, u64::from(min ^ avg ^ max));
+        let mut h = ChunkHasher::with_chunker(Chunker::with_sizes(min, avg, max));
+        h.update(&data);
+        let chunks = h.finish();
+        let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        prop_assert_eq!(total, data.len() as u64);
+        let c = Chunker::with_sizes(min, avg, max);
+        prop_assert!(c.min < c.avg && c.avg < c.max && c.avg.is_power_of_two());
+        for ch in &chunks {
+            prop_assert!(ch.len <= c.max);
+        }
+    }
+}
