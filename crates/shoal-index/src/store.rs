@@ -1,0 +1,621 @@
+//! The index database: one redb file per namespace in the node's state directory.
+//!
+//! Tables (schema [`SCHEMA`]):
+//! - `meta`: `schema` (u32 LE), `share` (the share ID it belongs to), `max_seq` (u64 LE), `counts`.
+//! - `files`: path → [`Entry`] (a format byte, then postcard).
+//! - `by_seq`: sequence number → path; exactly one row per row of `files`, so "changes since N" is
+//!   a range read.
+//! - `by_chunk`: the first 8 bytes of a chunk hash → paths holding it (multimap), for "where else do
+//!   I have this chunk"; the full hash is checked against the entry on lookup.
+//! - `remote`: (peer node ID ‖ path) → that peer's entry, as last announced (verified records only).
+//! - `remote_seq`: peer node ID → the highest of its sequence numbers received.
+//!
+//! Every write goes through a [`Batch`] committed in one redb transaction (fsync'd), so a kill at any
+//! moment leaves the last committed state, which a rescan then brings up to date.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, MultimapTableDefinition, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use shoal_core::chunk::Hash;
+use shoal_core::secret::ShareId;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::entry::{Entry, Kind, LocalStat, Stamp};
+use crate::error::IndexError;
+
+/// The schema this code writes. Older schemas are migrated forward on open (see [`migrate`]); a
+/// newer one is refused rather than misread.
+pub const SCHEMA: u32 = 1;
+
+/// The first byte of every encoded entry, so that an entry format change can be read side by side.
+const ENTRY_FORMAT: u8 = 1;
+
+/// redb's page cache. The index is read mostly in ordered ranges, so a small cache costs little and
+/// keeps a node with 100,000 files within its memory budget.
+const CACHE_BYTES: usize = 8 << 20;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+const BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("by_seq");
+const BY_CHUNK: MultimapTableDefinition<u64, &str> = MultimapTableDefinition::new("by_chunk");
+const REMOTE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("remote");
+const REMOTE_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("remote_seq");
+
+/// A peer, by its 32-byte node ID.
+pub type PeerKey = [u8; 32];
+
+/// What the index holds, kept up to date by every commit (shown by `ctl status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub deleted: u64,
+    /// Bytes in live files.
+    pub bytes: u64,
+}
+
+impl Counts {
+    fn apply(&mut self, e: &Entry, sign: i64) {
+        let add = |v: &mut u64, n: u64| {
+            *v = if sign > 0 {
+                v.saturating_add(n)
+            } else {
+                v.saturating_sub(n)
+            }
+        };
+        if e.deleted {
+            add(&mut self.deleted, 1);
+            return;
+        }
+        match e.kind {
+            Kind::File => {
+                add(&mut self.files, 1);
+                add(&mut self.bytes, e.size);
+            }
+            Kind::Dir => add(&mut self.dirs, 1),
+            Kind::Symlink => add(&mut self.symlinks, 1),
+        }
+    }
+}
+
+/// Where a chunk can be read locally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub path: String,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The index of one namespace.
+#[derive(Debug)]
+pub struct Index {
+    db: Database,
+    path: PathBuf,
+    seq: watch::Sender<u64>,
+}
+
+impl Index {
+    /// Opens (or creates) the index at `path` for the namespace shared as `share`.
+    ///
+    /// An index that belongs to another share (the namespace was deleted and re-added with another
+    /// secret) describes nothing that is true any more: it is removed and a new one begins; the
+    /// rescan that follows rebuilds it from the disk.
+    pub fn open(path: &Path, share: &ShareId) -> Result<Index, IndexError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| IndexError::Io {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let db = open_db(path)?;
+        match read_share(&db)? {
+            Some(existing) if existing != share.0 => {
+                warn!(
+                    index = %path.display(),
+                    "the index belongs to another secret; starting a new one"
+                );
+                drop(db);
+                std::fs::remove_file(path).map_err(|source| IndexError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let db = open_db(path)?;
+                Self::init(db, path, share)
+            }
+            _ => Self::init(db, path, share),
+        }
+    }
+
+    fn init(db: Database, path: &Path, share: &ShareId) -> Result<Index, IndexError> {
+        let txn = db.begin_write()?;
+        let max_seq;
+        {
+            let mut meta = txn.open_table(META)?;
+            let stored = meta.get("schema")?.map(|v| u32_from(v.value()));
+            let schema = match stored {
+                Some(v) => v.ok_or(IndexError::Corrupt("schema"))?,
+                None => {
+                    meta.insert("schema", SCHEMA.to_le_bytes().as_slice())?;
+                    meta.insert("share", share.0.as_slice())?;
+                    SCHEMA
+                }
+            };
+            if schema > SCHEMA {
+                return Err(IndexError::Newer {
+                    path: path.to_owned(),
+                    found: schema,
+                });
+            }
+            let stored = meta.get("max_seq")?.map(|v| u64_from(v.value()));
+            max_seq = match stored {
+                Some(v) => v.ok_or(IndexError::Corrupt("max_seq"))?,
+                None => 0,
+            };
+            drop(meta);
+            txn.open_table(FILES)?;
+            txn.open_table(BY_SEQ)?;
+            txn.open_multimap_table(BY_CHUNK)?;
+            txn.open_table(REMOTE)?;
+            txn.open_table(REMOTE_SEQ)?;
+            if schema < SCHEMA {
+                migrate(&txn, schema)?;
+            }
+        }
+        txn.commit()?;
+        let (seq, _) = watch::channel(max_seq);
+        Ok(Index {
+            db,
+            path: path.to_owned(),
+            seq,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The highest sequence number given out: every change this node recorded has one ≤ this.
+    pub fn max_seq(&self) -> u64 {
+        *self.seq.borrow()
+    }
+
+    /// Follows [`Index::max_seq`]: woken after every commit that recorded a change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+
+    pub fn get(&self, path: &str) -> Result<Option<Entry>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let found = files.get(path)?;
+        found.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn counts(&self) -> Result<Counts, IndexError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        read_counts(&meta)
+    }
+
+    /// Entries changed after sequence `after`, oldest first, at most `limit` of them.
+    pub fn changes_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, Entry)>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let files = txn.open_table(FILES)?;
+        let mut out = Vec::new();
+        for row in by_seq.range(after.saturating_add(1)..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, path) = row?;
+            let path = path.value().to_owned();
+            let entry = files
+                .get(path.as_str())?
+                .ok_or(IndexError::Corrupt("by_seq"))?;
+            let entry = decode(entry.value())?;
+            out.push((path, entry));
+        }
+        Ok(out)
+    }
+
+    /// The stamps of `prefix` and everything under it (`""`: the whole namespace), in path order.
+    pub fn stamps_under(&self, prefix: &str) -> Result<Vec<(String, Stamp)>, IndexError> {
+        let mut out = Vec::new();
+        self.for_each_under(prefix, |path, entry| {
+            out.push((path.to_owned(), Stamp::from(&entry)));
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` for `prefix` and every entry under it, in path order.
+    pub fn for_each_under(
+        &self,
+        prefix: &str,
+        mut f: impl FnMut(&str, Entry),
+    ) -> Result<(), IndexError> {
+        let txn = self.db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        if prefix.is_empty() {
+            for row in files.iter()? {
+                let (k, v) = row?;
+                f(k.value(), decode(v.value())?);
+            }
+            return Ok(());
+        }
+        if let Some(v) = files.get(prefix)? {
+            f(prefix, decode(v.value())?);
+        }
+        // Everything under "a" sorts in ["a/", "a0"): '0' is the byte after '/'.
+        let lo = format!("{prefix}/");
+        let hi = format!("{prefix}0");
+        for row in files.range::<&str>(lo.as_str()..hi.as_str())? {
+            let (k, v) = row?;
+            f(k.value(), decode(v.value())?);
+        }
+        Ok(())
+    }
+
+    /// Where this node holds a chunk with this hash, in live files.
+    pub fn chunk_locations(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let by_chunk = txn.open_multimap_table(BY_CHUNK)?;
+        let files = txn.open_table(FILES)?;
+        let mut out = Vec::new();
+        for path in by_chunk.get(chunk_key(hash))? {
+            let path = path?;
+            let Some(entry) = files.get(path.value())? else {
+                continue;
+            };
+            let entry = decode(entry.value())?;
+            if entry.deleted {
+                continue;
+            }
+            for c in entry.chunks_with_offsets() {
+                if c.hash == *hash {
+                    out.push(ChunkLocation {
+                        path: path.value().to_owned(),
+                        offset: c.offset,
+                        len: c.len,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records entries announced by `peer` (already verified), and the highest of its sequence
+    /// numbers they carry. An entry replaces the peer's previous one for the same path.
+    pub fn put_remote(
+        &self,
+        peer: &PeerKey,
+        entries: &[(String, Entry)],
+    ) -> Result<(), IndexError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut remote = txn.open_table(REMOTE)?;
+            let mut seqs = txn.open_table(REMOTE_SEQ)?;
+            let mut max = seqs.get(peer.as_slice())?.map_or(0, |v| v.value());
+            let mut key = Vec::with_capacity(64);
+            for (path, entry) in entries {
+                key.clear();
+                key.extend_from_slice(peer);
+                key.extend_from_slice(path.as_bytes());
+                remote.insert(key.as_slice(), encode(entry)?.as_slice())?;
+                max = max.max(entry.seq);
+            }
+            seqs.insert(peer.as_slice(), max)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The highest sequence number received from `peer` (0: nothing yet).
+    pub fn remote_seq(&self, peer: &PeerKey) -> Result<u64, IndexError> {
+        let txn = self.db.begin_read()?;
+        let seqs = txn.open_table(REMOTE_SEQ)?;
+        Ok(seqs.get(peer.as_slice())?.map_or(0, |v| v.value()))
+    }
+
+    /// `peer`'s entry for `path`, as it last announced it.
+    pub fn remote_get(&self, peer: &PeerKey, path: &str) -> Result<Option<Entry>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let remote = txn.open_table(REMOTE)?;
+        let mut key = peer.to_vec();
+        key.extend_from_slice(path.as_bytes());
+        let found = remote.get(key.as_slice())?;
+        found.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every entry `peer` announced, in path order.
+    pub fn remote_entries(&self, peer: &PeerKey) -> Result<Vec<(String, Entry)>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let remote = txn.open_table(REMOTE)?;
+        let mut out = Vec::new();
+        let lo = peer.to_vec();
+        let mut hi = peer.to_vec();
+        hi.push(0xff);
+        for row in remote.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
+            let (k, v) = row?;
+            let path = String::from_utf8(k.value()[32..].to_vec())
+                .map_err(|_| IndexError::Corrupt("remote path"))?;
+            out.push((path, decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The peers this index holds entries of.
+    pub fn remote_peers(&self) -> Result<Vec<PeerKey>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let seqs = txn.open_table(REMOTE_SEQ)?;
+        let mut out = Vec::new();
+        for row in seqs.iter()? {
+            let (k, _) = row?;
+            if let Ok(key) = <PeerKey>::try_from(k.value()) {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a set of changes committed together.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            index: self,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Checks that the tables agree with each other; returns what is wrong (empty: consistent).
+    pub fn check(&self) -> Result<Vec<String>, IndexError> {
+        let txn = self.db.begin_read()?;
+        let files = txn.open_table(FILES)?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let by_chunk = txn.open_multimap_table(BY_CHUNK)?;
+        let meta = txn.open_table(META)?;
+        let mut problems = Vec::new();
+        let mut counts = Counts::default();
+        let mut max = 0;
+        for row in files.iter()? {
+            let (k, v) = row?;
+            let path = k.value();
+            let entry = match decode(v.value()) {
+                Ok(e) => e,
+                Err(e) => {
+                    problems.push(format!("{path}: {e}"));
+                    continue;
+                }
+            };
+            counts.apply(&entry, 1);
+            max = max.max(entry.seq);
+            match by_seq.get(entry.seq)? {
+                Some(p) if p.value() == path => {}
+                other => problems.push(format!(
+                    "{path}: seq {} maps to {:?}",
+                    entry.seq,
+                    other.map(|p| p.value().to_owned())
+                )),
+            }
+            if !entry.deleted {
+                for c in &entry.chunks {
+                    let holders: Result<HashSet<String>, _> = by_chunk
+                        .get(chunk_key(&c.hash))?
+                        .map(|p| p.map(|p| p.value().to_owned()))
+                        .collect();
+                    if !holders?.contains(path) {
+                        problems.push(format!("{path}: chunk {} not in by_chunk", c.hash));
+                    }
+                }
+            }
+        }
+        if by_seq.len()? != files.len()? {
+            problems.push(format!(
+                "by_seq has {} rows, files {}",
+                by_seq.len()?,
+                files.len()?
+            ));
+        }
+        let stored_max = match meta.get("max_seq")? {
+            Some(v) => u64_from(v.value()).unwrap_or(0),
+            None => 0,
+        };
+        if stored_max < max {
+            problems.push(format!("max_seq {stored_max} < highest entry seq {max}"));
+        }
+        let stored = read_counts(&meta)?;
+        if stored != counts {
+            problems.push(format!("counts {stored:?} != actual {counts:?}"));
+        }
+        Ok(problems)
+    }
+}
+
+enum Op {
+    Put(String, Entry),
+    Stat(String, LocalStat),
+}
+
+/// Changes to the index, written in one transaction by [`Batch::commit`].
+#[derive(Debug)]
+pub struct Batch<'a> {
+    index: &'a Index,
+    ops: Vec<Op>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put(p, _) => write!(f, "Put({p})"),
+            Op::Stat(p, _) => write!(f, "Stat({p})"),
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// Records a change to `path`: the entry gets the next sequence number on commit.
+    pub fn put(&mut self, path: &str, entry: Entry) {
+        self.ops.push(Op::Put(path.to_owned(), entry));
+    }
+
+    /// Updates only the local stat of an existing entry (same content seen again with a new inode or
+    /// ctime): no new sequence number, nothing for peers.
+    pub fn set_local_stat(&mut self, path: &str, local: LocalStat) {
+        self.ops.push(Op::Stat(path.to_owned(), local));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Writes every change in one durable transaction; returns the new highest sequence number.
+    pub fn commit(self) -> Result<u64, IndexError> {
+        let index = self.index;
+        if self.ops.is_empty() {
+            return Ok(index.max_seq());
+        }
+        let txn = index.db.begin_write()?;
+        let mut max_seq = index.max_seq();
+        let changed;
+        {
+            let mut files = txn.open_table(FILES)?;
+            let mut by_seq = txn.open_table(BY_SEQ)?;
+            let mut by_chunk = txn.open_multimap_table(BY_CHUNK)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counts = read_counts(&meta)?;
+            let before = max_seq;
+            for op in self.ops {
+                match op {
+                    Op::Put(path, mut entry) => {
+                        let old = files
+                            .get(path.as_str())?
+                            .map(|v| decode(v.value()))
+                            .transpose()?;
+                        if let Some(old) = &old {
+                            by_seq.remove(old.seq)?;
+                            for c in &old.chunks {
+                                by_chunk.remove(chunk_key(&c.hash), path.as_str())?;
+                            }
+                            counts.apply(old, -1);
+                        }
+                        max_seq += 1;
+                        entry.seq = max_seq;
+                        if !entry.deleted {
+                            for c in &entry.chunks {
+                                by_chunk.insert(chunk_key(&c.hash), path.as_str())?;
+                            }
+                        }
+                        counts.apply(&entry, 1);
+                        files.insert(path.as_str(), encode(&entry)?.as_slice())?;
+                        by_seq.insert(max_seq, path.as_str())?;
+                    }
+                    Op::Stat(path, local) => {
+                        let old = files
+                            .get(path.as_str())?
+                            .map(|v| decode(v.value()))
+                            .transpose()?;
+                        if let Some(mut entry) = old {
+                            entry.local = local;
+                            files.insert(path.as_str(), encode(&entry)?.as_slice())?;
+                        }
+                    }
+                }
+            }
+            meta.insert("max_seq", max_seq.to_le_bytes().as_slice())?;
+            let counts = postcard::to_allocvec(&counts).map_err(IndexError::Encode)?;
+            meta.insert("counts", counts.as_slice())?;
+            changed = max_seq != before;
+        }
+        txn.commit()?;
+        if changed {
+            index.seq.send_replace(max_seq);
+        }
+        Ok(max_seq)
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, IndexError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| IndexError::Open {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+fn read_share(db: &Database) -> Result<Option<[u8; 16]>, IndexError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let share = meta.get("share")?;
+    Ok(share.and_then(|v| v.value().try_into().ok()))
+}
+
+fn read_counts(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Counts, IndexError> {
+    match meta.get("counts")? {
+        Some(v) => postcard::from_bytes(v.value()).map_err(|_| IndexError::Corrupt("counts")),
+        None => Ok(Counts::default()),
+    }
+}
+
+/// Brings an index of an older schema up to [`SCHEMA`], inside the opening transaction. Each step
+/// upgrades one version, so any older index reaches the current one.
+fn migrate(txn: &redb::WriteTransaction, from: u32) -> Result<(), IndexError> {
+    let mut version = from;
+    while version < SCHEMA {
+        // No older schema exists yet; the first change to the layout adds its step here.
+        version += 1;
+    }
+    let mut meta = txn.open_table(META)?;
+    meta.insert("schema", SCHEMA.to_le_bytes().as_slice())?;
+    info!(from, to = SCHEMA, "index schema migrated");
+    Ok(())
+}
+
+fn chunk_key(hash: &Hash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash.0[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn encode(entry: &Entry) -> Result<Vec<u8>, IndexError> {
+    let mut out = vec![ENTRY_FORMAT];
+    let body = postcard::to_allocvec(entry).map_err(IndexError::Encode)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Result<Entry, IndexError> {
+    match bytes.split_first() {
+        Some((&ENTRY_FORMAT, body)) => {
+            postcard::from_bytes(body).map_err(|_| IndexError::Corrupt("entry"))
+        }
+        _ => Err(IndexError::Corrupt("entry format")),
+    }
+}
+
+fn u32_from(b: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}
+
+fn u64_from(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}

@@ -1,0 +1,271 @@
+//! The index's queries and its consistency under every sequence of writes.
+#![allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+
+use proptest::prelude::*;
+use shoal_core::chunk::Hash;
+use shoal_core::secret::ShareId;
+use shoal_core::version::{DeviceId, VersionVector};
+use shoal_index::{ChunkRef, Entry, Index, Kind, LocalStat};
+
+const SHARE: ShareId = ShareId([7; 16]);
+const DEV: DeviceId = DeviceId(0x0102_0304_0506_0708);
+
+fn h(n: u8) -> Hash {
+    Hash([n; 32])
+}
+
+fn file(chunks: &[u8]) -> Entry {
+    let mut version = VersionVector::new();
+    version.bump(DEV, 1);
+    Entry {
+        kind: Kind::File,
+        deleted: false,
+        size: chunks.len() as u64 * 10,
+        mode: 0o644,
+        mtime_ns: 1_700_000_000_000_000_000,
+        local: LocalStat {
+            inode: 42,
+            ctime_ns: 5,
+        },
+        chunks: chunks
+            .iter()
+            .map(|&c| ChunkRef {
+                len: 10,
+                hash: h(c),
+            })
+            .collect(),
+        hash: h(200),
+        target: None,
+        version,
+        modified_by: DEV,
+        seq: 0,
+    }
+}
+
+fn dir() -> Entry {
+    Entry {
+        kind: Kind::Dir,
+        size: 0,
+        chunks: Vec::new(),
+        ..file(&[])
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> Index {
+    Index::open(&dir.path().join("ns.redb"), &SHARE).expect("open index")
+}
+
+#[test]
+fn put_get_and_sequence_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    assert_eq!(index.max_seq(), 0);
+    assert!(index.get("a").unwrap().is_none());
+    let mut b = index.batch();
+    b.put("a", file(&[1, 2]));
+    b.put("d", dir());
+    assert_eq!(b.commit().unwrap(), 2);
+    let a = index.get("a").unwrap().unwrap();
+    assert_eq!(a.seq, 1);
+    assert_eq!(a.chunks.len(), 2);
+    assert_eq!(index.get("d").unwrap().unwrap().seq, 2);
+
+    // Replacing gives a new sequence number and drops the old one from "changes since".
+    let mut b = index.batch();
+    b.put("a", file(&[3]));
+    b.commit().unwrap();
+    let changes: Vec<(String, u64)> = index
+        .changes_since(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(p, e)| (p, e.seq))
+        .collect();
+    assert_eq!(changes, vec![("d".to_owned(), 2), ("a".to_owned(), 3)]);
+    assert_eq!(index.changes_since(2, 100).unwrap().len(), 1);
+    assert_eq!(index.changes_since(0, 1).unwrap().len(), 1);
+    assert!(index.check().unwrap().is_empty());
+}
+
+#[test]
+fn an_empty_batch_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    assert_eq!(index.batch().commit().unwrap(), 0);
+}
+
+#[test]
+fn local_stat_updates_do_not_create_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let mut b = index.batch();
+    b.put("a", file(&[1]));
+    b.commit().unwrap();
+    let mut b = index.batch();
+    b.set_local_stat(
+        "a",
+        LocalStat {
+            inode: 99,
+            ctime_ns: 9,
+        },
+    );
+    assert_eq!(b.commit().unwrap(), 1);
+    let a = index.get("a").unwrap().unwrap();
+    assert_eq!(a.local.inode, 99);
+    assert_eq!(a.seq, 1);
+}
+
+#[test]
+fn chunk_locations_find_live_copies_with_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let mut b = index.batch();
+    b.put("a", file(&[1, 2, 3]));
+    b.put("b", file(&[3]));
+    b.commit().unwrap();
+    let mut found = index.chunk_locations(&h(3)).unwrap();
+    found.sort_by(|x, y| x.path.cmp(&y.path));
+    assert_eq!(found.len(), 2);
+    assert_eq!((found[0].path.as_str(), found[0].offset), ("a", 20));
+    assert_eq!((found[1].path.as_str(), found[1].offset), ("b", 0));
+    assert!(index.chunk_locations(&h(9)).unwrap().is_empty());
+
+    // A tombstone holds no chunks.
+    let mut gone = file(&[]);
+    gone.deleted = true;
+    let mut b = index.batch();
+    b.put("b", gone);
+    b.commit().unwrap();
+    assert_eq!(index.chunk_locations(&h(3)).unwrap().len(), 1);
+    assert!(index.check().unwrap().is_empty());
+}
+
+#[test]
+fn stamps_under_a_prefix_take_the_path_and_its_subtree_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let mut b = index.batch();
+    for p in ["a", "a/x", "a/y/z", "a-b", "ab", "a0", "b"] {
+        b.put(p, file(&[1]));
+    }
+    b.commit().unwrap();
+    let under: Vec<String> = index
+        .stamps_under("a")
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(under, ["a", "a/x", "a/y/z"]);
+    assert_eq!(index.stamps_under("").unwrap().len(), 7);
+    assert_eq!(index.stamps_under("a/y").unwrap().len(), 1);
+    assert!(index.stamps_under("c").unwrap().is_empty());
+}
+
+#[test]
+fn counts_follow_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let mut b = index.batch();
+    b.put("a", file(&[1, 2]));
+    b.put("d", dir());
+    b.commit().unwrap();
+    let c = index.counts().unwrap();
+    assert_eq!((c.files, c.dirs, c.deleted, c.bytes), (1, 1, 0, 20));
+    let mut gone = file(&[]);
+    gone.deleted = true;
+    let mut b = index.batch();
+    b.put("a", gone);
+    b.commit().unwrap();
+    let c = index.counts().unwrap();
+    assert_eq!((c.files, c.dirs, c.deleted, c.bytes), (0, 1, 1, 0));
+}
+
+#[test]
+fn reopening_keeps_everything_and_another_secret_starts_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let index = open(&tmp);
+        let mut b = index.batch();
+        b.put("a", file(&[1]));
+        b.put("b", file(&[2]));
+        b.commit().unwrap();
+    }
+    let index = open(&tmp);
+    assert_eq!(index.max_seq(), 2);
+    assert!(index.get("b").unwrap().is_some());
+    drop(index);
+
+    let other = Index::open(&tmp.path().join("ns.redb"), &ShareId([8; 16])).unwrap();
+    assert_eq!(other.max_seq(), 0);
+    assert!(other.get("a").unwrap().is_none());
+}
+
+#[test]
+fn subscribers_see_each_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let rx = index.subscribe();
+    let mut b = index.batch();
+    b.put("a", file(&[1]));
+    b.commit().unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow(), 1);
+}
+
+#[test]
+fn a_damaged_file_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("ns.redb");
+    std::fs::write(&path, b"this is not a redb database at all, not even close").unwrap();
+    let err = Index::open(&path, &SHARE).unwrap_err();
+    assert!(err.to_string().contains("ns.redb"), "{err}");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+    Touch(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..12, proptest::collection::vec(0u8..6, 0..4)).prop_map(|(p, c)| Op::Put(p, c)),
+        (0u8..12).prop_map(Op::Delete),
+        (0u8..12).prop_map(Op::Touch),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever is written, in whatever batches, the tables agree and "changes since" lists every
+    /// path exactly once, in sequence order.
+    #[test]
+    fn tables_stay_consistent(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..8), 1..6)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = open(&tmp);
+        for ops in batches {
+            let mut b = index.batch();
+            for op in ops {
+                match op {
+                    Op::Put(p, c) => b.put(&format!("f{p}"), file(&c)),
+                    Op::Delete(p) => {
+                        let mut e = file(&[]);
+                        e.deleted = true;
+                        b.put(&format!("f{p}"), e);
+                    }
+                    Op::Touch(p) => b.set_local_stat(&format!("f{p}"), LocalStat { inode: 1, ctime_ns: 2 }),
+                }
+            }
+            b.commit().unwrap();
+            prop_assert_eq!(index.check().unwrap(), Vec::<String>::new());
+        }
+        let changes = index.changes_since(0, usize::MAX).unwrap();
+        let seqs: Vec<u64> = changes.iter().map(|(_, e)| e.seq).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        prop_assert_eq!(&seqs, &sorted);
+        prop_assert_eq!(changes.len(), index.stamps_under("").unwrap().len());
+    }
+}

@@ -1,0 +1,366 @@
+//! A watched folder: one thread per namespace that owns its scanner and keeps the index current.
+//!
+//! The thread scans everything once, then waits for inotify events (recursive watch, symlinks not
+//! followed), gathers them for a short quiet period ([`QUIET`], at most [`MAX_DELAY`]) and rescans just
+//! the paths they name — a new directory is walked whole, which also catches files created in it
+//! before its watch was in place. A full rescan runs every `rescan_interval`. When inotify cannot
+//! watch the tree (watches exhausted), the folder says so once and falls back to periodic scans.
+//! Everything that writes this namespace's index runs on this one thread, so scans never race.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::Serialize;
+use shoal_core::ignore::is_reserved;
+use tracing::{debug, error, info, warn};
+
+use crate::progress::ProgressSnapshot;
+use crate::scanner::{IGNORE_FILE, ScanError, ScanReport, Scanner};
+
+/// Quiet time after the last event before the changed paths are scanned.
+pub const QUIET: Duration = Duration::from_millis(10);
+/// The longest a change waits for a quiet moment while events keep coming.
+pub const MAX_DELAY: Duration = Duration::from_millis(50);
+/// Scan interval when inotify is unavailable.
+pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
+/// When a file keeps changing while read, look again after this.
+const RETRY_CHANGING: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub struct FolderOptions {
+    /// Full rescan period (`folder_rescan_interval`).
+    pub rescan_interval: Duration,
+    /// Use inotify (tests of the periodic fall back turn it off).
+    pub watch: bool,
+}
+
+impl Default for FolderOptions {
+    fn default() -> Self {
+        FolderOptions {
+            rescan_interval: Duration::from_secs(600),
+            watch: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderState {
+    Starting,
+    Scanning,
+    Idle,
+    Error,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FolderStatus {
+    pub state: FolderState,
+    /// inotify is watching the tree (false: periodic scans only).
+    pub watching: bool,
+    pub error: Option<String>,
+    pub last_scan: Option<ScanReport>,
+    pub progress: ProgressSnapshot,
+}
+
+enum Msg {
+    Events(Vec<PathBuf>),
+    Scan(Vec<String>),
+    ScanAll,
+    WatchLost(String),
+    Stop,
+}
+
+/// A running folder thread. Dropping it stops the thread and waits for it.
+#[derive(Debug)]
+pub struct Folder {
+    tx: mpsc::Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+    scanner: Arc<Scanner>,
+    status: Arc<Mutex<FolderStatus>>,
+}
+
+impl Folder {
+    pub fn start(scanner: Scanner, options: FolderOptions, name: &str) -> std::io::Result<Folder> {
+        let scanner = Arc::new(scanner);
+        let (tx, rx) = mpsc::channel();
+        let status = Arc::new(Mutex::new(FolderStatus {
+            state: FolderState::Starting,
+            watching: false,
+            error: None,
+            last_scan: None,
+            progress: ProgressSnapshot::default(),
+        }));
+        let worker = Worker {
+            scanner: scanner.clone(),
+            rx,
+            tx: tx.clone(),
+            options,
+            status: status.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("folder {name}"))
+            .spawn(move || worker.run())?;
+        Ok(Folder {
+            tx,
+            thread: Some(thread),
+            scanner,
+            status,
+        })
+    }
+
+    pub fn scanner(&self) -> &Arc<Scanner> {
+        &self.scanner
+    }
+
+    /// Asks for these namespace-relative paths to be scanned now (e.g. written over NFS).
+    pub fn scan(&self, paths: Vec<String>) {
+        let _ = self.tx.send(Msg::Scan(paths));
+    }
+
+    pub fn scan_all(&self) {
+        let _ = self.tx.send(Msg::ScanAll);
+    }
+
+    pub fn status(&self) -> FolderStatus {
+        let mut s = lock(&self.status).clone();
+        s.progress = self.scanner.progress().snapshot();
+        if s.progress.scanning && s.state == FolderState::Idle {
+            s.state = FolderState::Scanning;
+        }
+        s
+    }
+
+    /// Stops the thread (a running scan stops between files) and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.scanner.stop_flag().store(true, Ordering::Relaxed);
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("a folder thread panicked");
+        }
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Worker {
+    scanner: Arc<Scanner>,
+    rx: mpsc::Receiver<Msg>,
+    tx: mpsc::Sender<Msg>,
+    options: FolderOptions,
+    status: Arc<Mutex<FolderStatus>>,
+}
+
+impl Worker {
+    fn run(self) {
+        let root = self.scanner.root().to_owned();
+        self.scanner.load_ignore();
+        // Watch first, then scan: a change made during the first scan is not missed.
+        let mut watcher = if self.options.watch {
+            self.watch(&root)
+        } else {
+            None
+        };
+        let mut interval = self.interval(watcher.is_some());
+        self.full_scan();
+        let mut next_full = Instant::now() + interval;
+        let mut pending = BTreeSet::new();
+        let mut first: Option<Instant> = None;
+        let mut last = Instant::now();
+        let mut retry: Option<(Instant, Vec<String>)> = None;
+        loop {
+            let now = Instant::now();
+            let mut deadline = next_full;
+            if let Some(f) = first {
+                deadline = deadline.min((last + QUIET).min(f + MAX_DELAY));
+            }
+            if let Some((at, _)) = &retry {
+                deadline = deadline.min(*at);
+            }
+            let mut reload_ignore = false;
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(now))
+            {
+                Ok(Msg::Events(paths)) => {
+                    for p in paths {
+                        match relative(&root, &p) {
+                            Some(rel) if rel == IGNORE_FILE => reload_ignore = true,
+                            Some(rel) if is_reserved(&rel) => {}
+                            Some(rel) => {
+                                pending.insert(rel);
+                            }
+                            None => {}
+                        }
+                    }
+                    first.get_or_insert(Instant::now());
+                    last = Instant::now();
+                    if pending.is_empty() && !reload_ignore {
+                        first = None;
+                    }
+                }
+                Ok(Msg::Scan(paths)) => {
+                    pending.extend(paths);
+                    first.get_or_insert(Instant::now());
+                    last = Instant::now() - QUIET;
+                }
+                Ok(Msg::ScanAll) => next_full = Instant::now(),
+                Ok(Msg::WatchLost(why)) => {
+                    warn!(root = %root.display(), "{why}; falling back to a full scan every {}s", FALLBACK_INTERVAL.as_secs());
+                    watcher = None;
+                    lock(&self.status).watching = false;
+                    interval = self.interval(false);
+                    next_full = Instant::now();
+                }
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.scanner.stop_flag().load(Ordering::Relaxed) {
+                break;
+            }
+            if reload_ignore {
+                let n = self.scanner.load_ignore();
+                info!(root = %root.display(), rules = n, "ignore list changed; rescanning");
+                next_full = Instant::now();
+            }
+            let now = Instant::now();
+            if now >= next_full {
+                pending.clear();
+                first = None;
+                retry = None;
+                self.full_scan();
+                next_full = Instant::now() + interval;
+                continue;
+            }
+            if let Some((at, paths)) = retry.take_if(|(at, _)| now >= *at) {
+                let _ = at;
+                pending.extend(paths);
+                first.get_or_insert(now);
+                last = now - QUIET;
+            }
+            if let Some(f) = first
+                && (now >= last + QUIET || now >= f + MAX_DELAY)
+            {
+                let paths: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+                first = None;
+                if paths.is_empty() {
+                    continue;
+                }
+                debug!(root = %root.display(), paths = paths.len(), "scanning changed paths");
+                match self.scanner.scan(&paths) {
+                    Ok(report) => {
+                        if report.changing > 0 {
+                            retry = Some((Instant::now() + RETRY_CHANGING, paths));
+                        }
+                        self.set_ok(report);
+                    }
+                    Err(e) => self.set_error(&e),
+                }
+            }
+        }
+        drop(watcher);
+        debug!(root = %root.display(), "folder stopped");
+    }
+
+    fn interval(&self, watching: bool) -> Duration {
+        if watching {
+            self.options.rescan_interval
+        } else {
+            self.options.rescan_interval.min(FALLBACK_INTERVAL)
+        }
+    }
+
+    fn full_scan(&self) {
+        lock(&self.status).state = FolderState::Scanning;
+        match self.scanner.scan_all() {
+            Ok(report) => self.set_ok(report),
+            Err(e) => self.set_error(&e),
+        }
+    }
+
+    fn set_ok(&self, report: ScanReport) {
+        let mut s = lock(&self.status);
+        s.state = FolderState::Idle;
+        s.error = None;
+        s.last_scan = Some(report);
+    }
+
+    fn set_error(&self, e: &ScanError) {
+        error!(root = %self.scanner.root().display(), "scan failed: {e}");
+        let mut s = lock(&self.status);
+        s.state = FolderState::Error;
+        s.error = Some(e.to_string());
+    }
+
+    fn watch(&self, root: &Path) -> Option<notify::RecommendedWatcher> {
+        let tx = self.tx.clone();
+        let handler = move |res: notify::Result<notify::Event>| match res {
+            Ok(event) => {
+                if event.need_rescan() {
+                    let _ = tx.send(Msg::ScanAll);
+                } else if !matches!(event.kind, EventKind::Access(_)) {
+                    let _ = tx.send(Msg::Events(event.paths));
+                }
+            }
+            Err(e) => {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    let _ = tx.send(Msg::WatchLost(watch_limit_message()));
+                } else {
+                    warn!("file watcher: {e}");
+                }
+            }
+        };
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = match notify::RecommendedWatcher::new(handler, config) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(root = %root.display(), "cannot start the file watcher ({e}); falling back to periodic scans");
+                return None;
+            }
+        };
+        match watcher.watch(root, RecursiveMode::Recursive) {
+            Ok(()) => {
+                lock(&self.status).watching = true;
+                Some(watcher)
+            }
+            Err(e) => {
+                let why = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    watch_limit_message()
+                } else {
+                    format!("cannot watch the folder ({e})")
+                };
+                warn!(root = %root.display(), "{why}; falling back to a full scan every {}s", FALLBACK_INTERVAL.as_secs());
+                None
+            }
+        }
+    }
+}
+
+fn watch_limit_message() -> String {
+    "inotify watches are exhausted; raise fs.inotify.max_user_watches (e.g. `sysctl -w fs.inotify.max_user_watches=1048576`)".to_owned()
+}
+
+fn relative(root: &Path, p: &Path) -> Option<String> {
+    let rel = p.strip_prefix(root).ok()?;
+    let rel = rel.to_str()?;
+    Some(rel.trim_matches('/').to_owned())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
