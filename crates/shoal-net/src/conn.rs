@@ -16,6 +16,9 @@
 //!
 //! Both tasks are owned by the [`Connection`]: dropping it aborts them, which closes the socket.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -68,10 +71,28 @@ enum Outgoing {
     Close(String),
 }
 
+/// Bytes of frames written and read on a connection (before TLS), for status pages.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Traffic {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
 /// The sending side of a connection and the owner of its tasks.
 #[derive(Debug)]
 pub struct Connection {
     label: String,
+    traffic: Arc<Traffic>,
     control: mpsc::Sender<Outgoing>,
     bulk: mpsc::Sender<Vec<u8>>,
     writer: Task,
@@ -88,21 +109,25 @@ impl Connection {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
         let (inbox, events) = mpsc::channel(INBOX);
+        let traffic = Arc::new(Traffic::default());
         let writer = Task(tokio::spawn(write_loop(
             write,
             control_rx,
             bulk_rx,
             label.clone(),
+            traffic.clone(),
         )));
         let reader = Task(tokio::spawn(read_loop(
             read,
             inbox,
             control.clone(),
             label.clone(),
+            traffic.clone(),
         )));
         (
             Connection {
                 label,
+                traffic,
                 control,
                 bulk,
                 writer,
@@ -161,6 +186,11 @@ impl Connection {
     pub fn label(&self) -> &str {
         &self.label
     }
+
+    /// Bytes sent and received so far; the counters outlive the connection if kept.
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
+    }
 }
 
 fn encode(message: &Message) -> Result<Vec<u8>, ConnError> {
@@ -185,6 +215,7 @@ async fn write_loop<W: AsyncWrite>(
     mut control: mpsc::Receiver<Outgoing>,
     mut bulk: mpsc::Receiver<Vec<u8>>,
     label: String,
+    traffic: Arc<Traffic>,
 ) {
     loop {
         // Control first, always: this is what keeps requests from waiting behind chunk data.
@@ -195,7 +226,13 @@ async fn write_loop<W: AsyncWrite>(
             else => break,
         };
         let result = match next {
-            Outgoing::Frame(bytes) => write.write_all(&bytes).await,
+            Outgoing::Frame(bytes) => {
+                let result = write.write_all(&bytes).await;
+                traffic
+                    .sent
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                result
+            }
             Outgoing::Close(reason) => {
                 let close = frame::encode(&Message::Close { reason }).unwrap_or_default();
                 let _ = write.write_all(&close).await;
@@ -221,10 +258,17 @@ async fn read_loop<R: AsyncRead>(
     inbox: mpsc::Sender<Event>,
     control: mpsc::Sender<Outgoing>,
     label: String,
+    traffic: Arc<Traffic>,
 ) {
     let mut buf = Vec::new();
     let closed = loop {
-        match frame::read_frame(&mut read, &mut buf).await {
+        let result = frame::read_frame(&mut read, &mut buf).await;
+        if matches!(result, Ok(Some(_))) {
+            traffic
+                .received
+                .fetch_add((buf.len() + frame::HEADER_LEN) as u64, Ordering::Relaxed);
+        }
+        match result {
             Ok(Some(Message::Close { reason })) => break Closed::ByPeer(reason),
             Ok(Some(message)) => {
                 if inbox.send(Event::Message(message)).await.is_err() {

@@ -20,7 +20,7 @@ pub mod session;
 pub mod tls;
 mod wire;
 
-pub use conn::{Closed, ConnError, Connection, Event};
+pub use conn::{Closed, ConnError, Connection, Event, Traffic};
 pub use identity::{IdentityError, NodeId, NodeIdentity};
 pub use join::JoinContext;
 pub use message::{Hello, Message, PROTOCOL_VERSION, RecordError, SignedRecord};

@@ -109,6 +109,8 @@ pub enum Message {
     Close {
         reason: String,
     },
+    /// Keepalive: sent when a connection has been quiet; any message proves the peer is alive.
+    Ping,
 }
 
 impl Message {
@@ -134,6 +136,7 @@ impl Message {
             Message::ChunkUnavailable { .. } => "ChunkUnavailable",
             Message::Peers { .. } => "Peers",
             Message::Close { .. } => "Close",
+            Message::Ping => "Ping",
         }
     }
 }

@@ -103,8 +103,15 @@ pub struct Global {
     /// Device name shown to peers, written by `ctl init` [default: the host name].
     #[arg(long, global = true, value_name = "NAME")]
     pub name: Option<String>,
-    /// TCP port for peers [default: 55555].
-    #[arg(long, global = true, value_name = "PORT")]
+    /// TCP port for peers [env: SHOAL_SYNC_PORT] [default: the config's listening_port, 55555].
+    /// 0 lets the daemon pick a free port (shown by `ctl status`).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_SYNC_PORT",
+        value_name = "PORT",
+        hide_env = true
+    )]
     pub sync_port: Option<u16>,
     /// Port of the web UI and HTTP API [default: 8888].
     #[arg(long, global = true, value_name = "PORT")]
@@ -183,6 +190,28 @@ pub struct Global {
         hide_env = true
     )]
     pub state_path: Option<PathBuf>,
+    /// Peers to connect to, `host:port` separated by commas or spaces [env: SHOAL_PEERS]. DNS names
+    /// are re-resolved every minute and every address they resolve to is dialed, so a Docker
+    /// service name or a Kubernetes headless service reaches every node. One reachable peer is
+    /// enough: peers tell each other who else shares a namespace.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_PEERS",
+        value_name = "HOSTS",
+        hide_env = true
+    )]
+    pub peers: Option<String>,
+    /// Address the daemon accepts peers on [env: SHOAL_LISTEN] [default: 0.0.0.0, on the sync
+    /// port]. `none` accepts no connections (the node only dials out).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_LISTEN",
+        value_name = "IP",
+        hide_env = true
+    )]
+    pub listen: Option<String>,
     /// Debug log filter, as btsync.docker: e.g. `btsync:ctl`, `shoal:*`, `shoal:daemon,-shoal:ctl`
     /// [env: DEBUG] [default: btsync:ctl]. RUST_LOG, when set, takes precedence.
     #[arg(

@@ -192,38 +192,167 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<i32> {
 
 fn print_status(status: &serde_json::Value) -> Option<()> {
     let color = std::io::stdout().is_terminal();
-    let (bold, reset) = if color {
-        ("\x1b[1m", "\x1b[0m")
+    let (bold, dim, reset) = if color {
+        ("\x1b[1m", "\x1b[2m", "\x1b[0m")
     } else {
-        ("", "")
+        ("", "", "")
     };
     println!(
-        "{bold}daemon{reset}: running, pid {}, up {}s, device {}, shoal {}",
+        "{bold}daemon{reset}: running, pid {}, up {}, device {}, shoal {}",
         status.get("pid")?,
-        status.get("uptime_secs")?,
+        duration(status.get("uptime_secs")?.as_u64()?),
         status.get("device_name")?.as_str()?,
         status.get("version")?.as_str()?,
     );
+    let node = status.get("node_id").and_then(|n| n.as_str()).unwrap_or("");
+    match status.get("listen").and_then(|l| l.as_str()) {
+        Some(listen) => println!(
+            "{bold}node{reset}:   {} accepting peers on {listen}",
+            short(node)
+        ),
+        None => println!(
+            "{bold}node{reset}:   {} not accepting peers (--listen none)",
+            short(node)
+        ),
+    }
     let namespaces = status.get("namespaces")?.as_array()?;
     if namespaces.is_empty() {
         println!("no namespaces (add one with `ctl add NAME`)");
     }
     for ns in namespaces {
-        let peers = ns
-            .get("peers")
-            .and_then(|p| p.as_array())
-            .map_or(0, Vec::len);
+        println!();
         println!(
-            "  {bold}{:<24}{reset} {:<10} {:<10} {} peer(s)  {}",
+            "{bold}{}{reset}  {}  {}  {dim}{}{reset}",
             ns.get("name")?.as_str()?,
             ns.get("state")?.as_str()?,
             ns.get("access")?.as_str()?,
-            peers,
             ns.get("dir")?.as_str()?,
         );
         if let Some(detail) = ns.get("detail").and_then(|d| d.as_str()) {
-            println!("      {detail}");
+            println!("    {detail}");
+        }
+        if let Some(c) = ns.get("index").and_then(|i| i.get("counts")) {
+            let n = |k: &str| c.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            println!(
+                "    {} files, {} ({} directories, {} symlinks, {} deleted)",
+                n("files"),
+                bytes(n("bytes")),
+                n("dirs"),
+                n("symlinks"),
+                n("deleted"),
+            );
+        }
+        if let Some(scan) = ns.get("scan") {
+            print_scan(scan);
+        }
+        let peers = ns.get("peers").and_then(|p| p.as_array());
+        match peers {
+            Some(peers) if !peers.is_empty() => {
+                println!("    peers:");
+                for p in peers {
+                    print_peer(p)?;
+                }
+            }
+            _ => println!("    no peers yet"),
         }
     }
     Some(())
+}
+
+fn print_scan(scan: &serde_json::Value) {
+    if let Some(error) = scan.get("error").and_then(|e| e.as_str()) {
+        println!("    scan error: {error}");
+    }
+    let progress = scan.get("progress");
+    let p = |k: &str| {
+        progress
+            .and_then(|p| p.get(k))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    };
+    let scanning = progress
+        .and_then(|p| p.get("scanning"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    if scanning {
+        let total = p("bytes_total");
+        let done = p("bytes_done");
+        let percent = if total > 0.0 {
+            100.0 * done / total
+        } else {
+            0.0
+        };
+        println!(
+            "    scanning: {:.0}/{:.0} files, {} of {} ({percent:.0}%), {}/s",
+            p("files_done"),
+            p("files_total"),
+            bytes(done as u64),
+            bytes(total as u64),
+            bytes(p("bytes_per_s") as u64),
+        );
+    }
+    if scan.get("watching").and_then(|w| w.as_bool()) == Some(false) {
+        println!("    not watching for changes: periodic scans only (see the log)");
+    }
+}
+
+fn print_peer(p: &serde_json::Value) -> Option<()> {
+    let n = |k: &str| p.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let state = p.get("state")?.as_str()?;
+    let when = if state == "connected" {
+        format!(
+            "connected {} ({}), seen {} ago",
+            duration(n("connected_for_s")),
+            p.get("direction")?.as_str()?,
+            duration(n("last_seen_s")),
+        )
+    } else {
+        format!("{state}, last seen {} ago", duration(n("last_seen_s")))
+    };
+    let refused = match n("records_refused") {
+        0 => String::new(),
+        r => format!(", {r} refused"),
+    };
+    println!(
+        "      {} ({})  {}  {when}  sent {} received {}  records {}/{}{refused}",
+        p.get("device_name")?.as_str()?,
+        short(p.get("node_id")?.as_str()?),
+        p.get("address")?.as_str()?,
+        bytes(n("bytes_sent")),
+        bytes(n("bytes_received")),
+        n("records_sent"),
+        n("records_received"),
+    );
+    Some(())
+}
+
+/// The first 12 hex digits of a node ID, as the logs show it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// 1536 -> "1.5 KiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// 3725 -> "1h2m".
+fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
+    }
 }

@@ -30,7 +30,8 @@ pub fn new_config(settings: &Settings) -> Config {
         g.name.clone().unwrap_or_else(default_device_name),
         settings.data_path.clone(),
     );
-    if let Some(port) = g.sync_port {
+    // Port 0 ("any free port") only means something to a running daemon; the file keeps its default.
+    if let Some(port) = g.sync_port.filter(|&p| p != 0) {
         config.listening_port = port;
     }
     if let Some(port) = g.web_port {

@@ -62,13 +62,17 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let pid_file = PidFile::write(&settings)?;
 
     drop_privileges(&settings)?;
+    // Loaded (or created) as the daemon's user, so the key file belongs to it.
+    let identity = shoal_net::NodeIdentity::load_or_create(&settings.state_path)
+        .context("loading the node identity")?;
+    info!(node = %identity.node_id(), "node identity");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("shoal")
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(settings, config, listener));
+    let result = runtime.block_on(serve(settings, config, listener, identity));
     runtime.shutdown_timeout(Duration::from_millis(500));
     pid_file.remove();
     let _ = std::fs::remove_file(&socket_path);
@@ -80,13 +84,24 @@ async fn serve(
     settings: Settings,
     config: shoal_config::Config,
     listener: std::os::unix::net::UnixListener,
+    identity: shoal_net::NodeIdentity,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let device = shoal_core::version::DeviceId::from_node_id(&identity.node_id().0);
+    let peers_config = peers_config(&settings, &config, identity)?;
+    let (peers, peers_task) = shoal_peers::Peers::start(peers_config, stop_rx.clone())
+        .await
+        .context("starting the peer listener (another program on the sync port? set --sync-port or listening_port)")?;
+    if let Some(addr) = peers.local_addr() {
+        info!(%addr, "accepting peers");
+    }
     let (supervisor, inbox) = mpsc::channel(64);
     let supervisor = supervisor::Handle::new(supervisor);
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(Supervisor::new(settings.clone(), inbox, stop_rx.clone()).run(config));
+    tasks.spawn(
+        Supervisor::new(settings.clone(), inbox, stop_rx.clone(), device, peers).run(config),
+    );
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     tasks.spawn(server::serve(
@@ -122,8 +137,50 @@ async fn serve(
         warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
         tasks.abort_all();
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), peers_task).await;
     info!("stopped");
     Ok(())
+}
+
+/// Where to listen and whom to dial: `--listen`/`SHOAL_LISTEN` on the sync port (`--sync-port`, else
+/// the config's `listening_port`), and the config's `known_hosts` plus `--peers`/`SHOAL_PEERS`.
+fn peers_config(
+    settings: &Settings,
+    config: &shoal_config::Config,
+    identity: shoal_net::NodeIdentity,
+) -> anyhow::Result<shoal_peers::PeersConfig> {
+    let port = settings.global.sync_port.unwrap_or(config.listening_port);
+    let listen = match settings.global.listen.as_deref().map(str::trim) {
+        Some("none") => None,
+        None | Some("") => Some(std::net::SocketAddr::from(([0, 0, 0, 0], port))),
+        Some(ip) => {
+            let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+                crate::error::user_error(format!(
+                    "SHOAL_LISTEN/--listen: {ip:?} is not an IP address (or `none`)"
+                ))
+            })?;
+            Some(std::net::SocketAddr::new(ip, port))
+        }
+    };
+    let mut static_peers: Vec<String> = config.known_hosts().to_vec();
+    if let Some(list) = &settings.global.peers {
+        static_peers.extend(
+            list.split([',', ' ', '\n', '\t'])
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    Ok(shoal_peers::PeersConfig {
+        identity,
+        device_name: match config.device_name.as_str() {
+            "" => crate::ops::default_device_name(),
+            name => name.to_owned(),
+        },
+        listen,
+        static_peers,
+        resolve_interval: Duration::from_secs(60),
+    })
 }
 
 /// Returns on SIGTERM or SIGINT; SIGHUP re-reads the config file at once.

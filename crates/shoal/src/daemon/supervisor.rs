@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -15,6 +16,9 @@ use serde_json::json;
 use shoal_config::{Config, SharedFolder};
 use shoal_core::name::NamespaceName;
 use shoal_core::secret::Secret;
+use shoal_core::version::DeviceId;
+use shoal_index::Index;
+use shoal_scan::{Folder, FolderOptions, Scanner};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -62,9 +66,10 @@ struct Namespace {
     state: State,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum State {
-    Idle,
+    /// Its folder thread keeps the index equal to the disk.
+    Running(Folder),
     /// The namespace cannot run; the message says why and what to do.
     Error(String),
 }
@@ -76,6 +81,9 @@ pub struct Supervisor {
     stop: watch::Receiver<bool>,
     running: BTreeMap<NamespaceName, Namespace>,
     device_name: String,
+    /// This node in version vectors.
+    device: DeviceId,
+    peers: shoal_peers::Peers,
     /// The config file's bytes when last read, to apply only real changes and to report a broken
     /// file once rather than at every poll.
     last_seen: Option<Vec<u8>>,
@@ -87,6 +95,8 @@ impl Supervisor {
         settings: Settings,
         inbox: mpsc::Receiver<Command>,
         stop: watch::Receiver<bool>,
+        device: DeviceId,
+        peers: shoal_peers::Peers,
     ) -> Self {
         Supervisor {
             settings,
@@ -94,6 +104,8 @@ impl Supervisor {
             stop,
             running: BTreeMap::new(),
             device_name: String::new(),
+            device,
+            peers,
             last_seen: None,
             started: Instant::now(),
         }
@@ -101,24 +113,24 @@ impl Supervisor {
 
     pub async fn run(mut self, config: Config) {
         self.last_seen = std::fs::read(&self.settings.config_path).ok();
-        self.apply(&config);
+        self.apply(&config).await;
         loop {
             tokio::select! {
                 _ = self.stop.changed() => break,
                 command = self.inbox.recv() => match command {
                     None => break,
-                    Some(Command::Reload(reply)) => { let _ = reply.send(self.reload()); }
-                    Some(Command::Status(reply)) => { let _ = reply.send(self.status()); }
+                    Some(Command::Reload(reply)) => { let _ = reply.send(self.reload().await); }
+                    Some(Command::Status(reply)) => { let _ = reply.send(self.status().await); }
                 },
             }
         }
         let names: Vec<NamespaceName> = self.running.keys().cloned().collect();
         for name in names {
-            self.stop_namespace(&name);
+            self.stop_namespace(&name).await;
         }
     }
 
-    fn reload(&mut self) -> anyhow::Result<()> {
+    async fn reload(&mut self) -> anyhow::Result<()> {
         let path = &self.settings.config_path;
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
@@ -141,7 +153,7 @@ impl Supervisor {
         match Config::parse(&text, path) {
             Ok(config) => {
                 info!("{} changed; applying it", path.display());
-                self.apply(&config);
+                self.apply(&config).await;
                 Ok(())
             }
             Err(e) => {
@@ -154,7 +166,7 @@ impl Supervisor {
         }
     }
 
-    fn apply(&mut self, config: &Config) {
+    async fn apply(&mut self, config: &Config) {
         self.device_name = match config.device_name.as_str() {
             "" => crate::ops::default_device_name(),
             name => name.to_owned(),
@@ -179,19 +191,51 @@ impl Supervisor {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            self.stop_namespace(&name);
+            self.stop_namespace(&name).await;
         }
+        let rescan = config.folder_rescan_interval();
         for (name, folder) in wanted {
             if !self.running.contains_key(&name) {
-                self.start_namespace(name, folder);
+                self.start_namespace(name, folder, rescan).await;
             }
         }
     }
 
-    fn start_namespace(&mut self, name: NamespaceName, folder: &SharedFolder) {
+    async fn start_namespace(
+        &mut self,
+        name: NamespaceName,
+        folder: &SharedFolder,
+        rescan_interval: std::time::Duration,
+    ) {
         let dir = folder.dir.clone();
-        let state = match prepare_dir(&dir) {
-            Ok(()) => State::Idle,
+        let started = prepare_dir(&dir).and_then(|()| {
+            let index_path = self
+                .settings
+                .state_path
+                .join("index")
+                .join(format!("{name}.redb"));
+            let index =
+                Index::open(&index_path, &folder.secret.share_id()).map_err(|e| e.to_string())?;
+            let scanner = Scanner::new(dir.clone(), Arc::new(index), self.device);
+            let options = FolderOptions {
+                rescan_interval,
+                watch: true,
+            };
+            Folder::start(scanner, options, name.as_str())
+                .map_err(|e| format!("cannot start the folder thread: {e}"))
+        });
+        let state = match started {
+            Ok(running) => {
+                self.peers
+                    .add_share(shoal_peers::Share {
+                        name: name.to_string(),
+                        secret: folder.secret.clone(),
+                        index: running.scanner().index().clone(),
+                        known_hosts: folder.known_hosts().to_vec(),
+                    })
+                    .await;
+                State::Running(running)
+            }
             Err(why) => {
                 error!(namespace = %name, "cannot start: {why}");
                 State::Error(why)
@@ -213,20 +257,37 @@ impl Supervisor {
         );
     }
 
-    fn stop_namespace(&mut self, name: &NamespaceName) {
-        if self.running.remove(name).is_some() {
+    /// Stops a namespace and waits for its folder thread, so that its index is closed before the
+    /// same namespace can start again.
+    async fn stop_namespace(&mut self, name: &NamespaceName) {
+        if let Some(ns) = self.running.remove(name) {
+            self.peers.remove_share(ns.secret.share_id()).await;
+            if let State::Running(folder) = ns.state {
+                let _ = tokio::task::spawn_blocking(move || folder.stop()).await;
+            }
             info!(namespace = %name, "namespace stopped");
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    async fn status(&self) -> serde_json::Value {
+        let mut peers = self.peers.status().await;
         let namespaces: Vec<serde_json::Value> = self
             .running
             .iter()
             .map(|(name, ns)| {
-                let (state, detail) = match &ns.state {
-                    State::Idle => ("idle", None),
-                    State::Error(why) => ("error", Some(why.clone())),
+                let (state, detail, scan, index) = match &ns.state {
+                    State::Running(folder) => {
+                        let status = folder.status();
+                        let index = folder.scanner().index();
+                        let counts = index.counts().ok();
+                        (
+                            serde_json::to_value(status.state).unwrap_or_default(),
+                            status.error.clone(),
+                            serde_json::to_value(&status).ok(),
+                            json!({ "max_seq": index.max_seq(), "counts": counts }),
+                        )
+                    }
+                    State::Error(why) => (json!("error"), Some(why.clone()), None, json!(null)),
                 };
                 json!({
                     "name": name,
@@ -235,7 +296,9 @@ impl Supervisor {
                     "share_id": ns.secret.share_id().to_string(),
                     "state": state,
                     "detail": detail,
-                    "peers": [],
+                    "scan": scan,
+                    "index": index,
+                    "peers": peers.remove(name.as_str()).unwrap_or_default(),
                 })
             })
             .collect();
@@ -247,6 +310,8 @@ impl Supervisor {
             "device_name": self.device_name,
             "config_path": self.settings.config_path,
             "state_path": self.settings.state_path,
+            "node_id": self.peers.node_id().to_string(),
+            "listen": self.peers.local_addr().map(|a| a.to_string()),
             "namespaces": namespaces,
         })
     }

@@ -25,6 +25,9 @@ const SHOAL_ENV: &[&str] = &[
     "GID",
     "STATE_PATH",
     "RUST_LOG",
+    "SHOAL_PEERS",
+    "SHOAL_LISTEN",
+    "SHOAL_SYNC_PORT",
 ];
 
 pub struct Node {
@@ -81,6 +84,9 @@ impl Node {
             .env("GID", nix::unistd::getgid().to_string())
             .env("DEBUG", "")
             .env("CONFIG_INTERVAL_CHECK", "1")
+            // Tests stay on loopback, each daemon on a port of its own.
+            .env("SHOAL_LISTEN", "127.0.0.1")
+            .env("SHOAL_SYNC_PORT", "0")
             .args(args)
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {

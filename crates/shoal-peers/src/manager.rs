@@ -1,0 +1,972 @@
+//! The peer manager: one actor that owns every session with another node.
+//!
+//! It accepts connections on the sync port, dials the addresses it knows (static hosts, re-resolved
+//! DNS names, addresses learned from peers), keeps one session per node (of two, the one dialed by
+//! the smaller node ID), joins every shared namespace on every session, and — once a peer has proved
+//! it holds a namespace's secret — streams this node's signed index to it and stores the verified
+//! records it sends back. Other tasks talk to it through [`Peers`]; no state is shared under a lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use shoal_core::secret::{Secret, ShareId};
+use shoal_index::Index;
+use shoal_net::backoff::Backoff;
+use shoal_net::{
+    Closed, Connection, Event, Hello, Message, NodeId, NodeIdentity, PROTOCOL_VERSION, Session,
+    TlsSetup,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::record;
+
+/// Records per index message: keeps every message well under the frame limit.
+const RECORDS_PER_MESSAGE: usize = 1_000;
+/// How often the dial loop looks for addresses due for a (re)connection.
+const DIAL_TICK: Duration = Duration::from_millis(250);
+/// A `Ping` goes to every peer this often, so a quiet but healthy connection is never mistaken for
+/// a dead one.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A peer heard nothing from for this long is gone (a cable pulled, a partition: TCP alone can take
+/// many minutes to notice). The connection is dropped and redialed with backoff.
+const DEAD_AFTER: Duration = Duration::from_secs(30);
+
+/// What the peer layer needs to start.
+#[derive(Debug)]
+pub struct PeersConfig {
+    pub identity: NodeIdentity,
+    pub device_name: String,
+    /// Where to accept peers (None: dial only).
+    pub listen: Option<SocketAddr>,
+    /// `host:port` entries dialed always: the config's `known_hosts` and `SHOAL_PEERS`. Names are
+    /// re-resolved every `resolve_interval`, and every address a name resolves to is dialed.
+    pub static_peers: Vec<String>,
+    pub resolve_interval: Duration,
+}
+
+/// A namespace as the peer layer sees it.
+#[derive(Clone, Debug)]
+pub struct Share {
+    pub name: String,
+    pub secret: Secret,
+    pub index: Arc<Index>,
+    /// This namespace's own `known_hosts`.
+    pub known_hosts: Vec<String>,
+}
+
+/// One peer of one namespace, as `ctl status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub device_name: String,
+    pub address: String,
+    pub direction: &'static str,
+    pub state: &'static str,
+    pub connected_for_s: u64,
+    /// Seconds since anything arrived from this peer.
+    pub last_seen_s: u64,
+    /// Bytes of frames on the connection to this peer (all namespaces share one connection).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub records_sent: u64,
+    pub records_received: u64,
+    /// Records refused (bad signature: e.g. changes made on a read-only node).
+    pub records_refused: u64,
+}
+
+enum Cmd {
+    AddShare(Share, oneshot::Sender<()>),
+    RemoveShare(ShareId, oneshot::Sender<()>),
+    Status(oneshot::Sender<BTreeMap<String, Vec<PeerStatus>>>),
+    Addresses(Vec<SocketAddr>),
+    Accepted(Result<Session, String>, SocketAddr),
+    Dialed(SocketAddr, Result<Session, String>),
+    FromPeer(u64, Event),
+    Sent(u64, ShareId, u64),
+    Received(u64, ShareId, u64, u64),
+}
+
+/// A handle on the peer manager.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    tx: mpsc::Sender<Cmd>,
+    local_addr: Option<SocketAddr>,
+    node_id: NodeId,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cmd")
+    }
+}
+
+impl Peers {
+    /// Binds the listener (if any) and starts the manager; it stops when `stop` turns true.
+    pub async fn start(
+        config: PeersConfig,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<(Peers, JoinHandle<()>)> {
+        let listener = match config.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tls =
+            TlsSetup::new(&config.identity).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let node_id = config.identity.node_id();
+        let (tx, rx) = mpsc::channel(256);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node_id,
+            device_name: config.device_name.clone(),
+            listen_port: local_addr.map_or(0, |a| a.port()),
+        };
+        let manager = Manager {
+            tls: Arc::new(tls),
+            hello,
+            node_id,
+            tx: tx.clone(),
+            shares: HashMap::new(),
+            sessions: HashMap::new(),
+            by_node: HashMap::new(),
+            next_id: 1,
+            candidates: HashMap::new(),
+            myself: HashSet::new(),
+            static_peers: config.static_peers,
+            share_hosts: HashMap::new(),
+        };
+        let handle = tokio::spawn(manager.run(rx, listener, stop, config.resolve_interval));
+        Ok((
+            Peers {
+                tx,
+                local_addr,
+                node_id,
+            },
+            handle,
+        ))
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Starts sharing a namespace: joined on every session at once (a namespace added live is
+    /// announced live).
+    pub async fn add_share(&self, share: Share) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::AddShare(share, tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn remove_share(&self, share: ShareId) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::RemoveShare(share, tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Peers per namespace name.
+    pub async fn status(&self) -> BTreeMap<String, Vec<PeerStatus>> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Status(tx)).await.is_err() {
+            return BTreeMap::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct ShareState {
+    share: Share,
+    /// Sessions (by id) whose peer proved it holds this share.
+    members: HashSet<u64>,
+    /// Peers that were members and are gone, shown as disconnected with when they were last seen.
+    former: HashMap<NodeId, Former>,
+}
+
+/// The last that was known of a disconnected member.
+struct Former {
+    device_name: String,
+    address: String,
+    last_seen: Instant,
+    bytes_sent: u64,
+    bytes_received: u64,
+    records_sent: u64,
+    records_received: u64,
+    records_refused: u64,
+}
+
+/// How many disconnected peers a namespace remembers (the most recently seen are kept).
+const MAX_FORMER: usize = 64;
+
+struct Member {
+    pusher: JoinHandle<()>,
+    records_sent: u64,
+    records_received: u64,
+    records_refused: u64,
+}
+
+struct SessionState {
+    peer: NodeId,
+    device_name: String,
+    addr: SocketAddr,
+    /// Where the peer accepts connections (its address with its `listen_port`), for peer exchange.
+    listen_addr: Option<SocketAddr>,
+    outgoing: bool,
+    /// The address we dialed, to redial when the session ends.
+    dialed: Option<SocketAddr>,
+    conn: Arc<Connection>,
+    join: shoal_net::JoinContext,
+    since: Instant,
+    last_seen: Instant,
+    shares: HashMap<ShareId, Member>,
+    reader: JoinHandle<()>,
+}
+
+struct Candidate {
+    backoff: Backoff,
+    next_at: Instant,
+    dialing: bool,
+    /// Once seen, the node at this address.
+    node: Option<NodeId>,
+}
+
+struct Manager {
+    tls: Arc<TlsSetup>,
+    hello: Hello,
+    node_id: NodeId,
+    tx: mpsc::Sender<Cmd>,
+    shares: HashMap<ShareId, ShareState>,
+    sessions: HashMap<u64, SessionState>,
+    by_node: HashMap<NodeId, u64>,
+    next_id: u64,
+    candidates: HashMap<SocketAddr, Candidate>,
+    /// Addresses that turned out to be this node.
+    myself: HashSet<SocketAddr>,
+    static_peers: Vec<String>,
+    share_hosts: HashMap<ShareId, Vec<String>>,
+}
+
+impl Manager {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        listener: Option<TcpListener>,
+        mut stop: watch::Receiver<bool>,
+        resolve_interval: Duration,
+    ) {
+        if let Some(listener) = listener {
+            let tx = self.tx.clone();
+            let tls = self.tls.clone();
+            let hello = self.hello.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((tcp, addr)) => {
+                                let (tx, tls, hello) = (tx.clone(), tls.clone(), hello.clone());
+                                tokio::spawn(async move {
+                                    let session = shoal_net::accept(&tls, tcp, &hello).await.map_err(|e| e.to_string());
+                                    let _ = tx.send(Cmd::Accepted(session, addr)).await;
+                                });
+                            }
+                            Err(e) => {
+                                warn!("accepting a peer connection: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut tick = tokio::time::interval(DIAL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resolve = tokio::time::interval(resolve_interval);
+        resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => self.dial_due(),
+                _ = ping.tick() => self.keepalive().await,
+                _ = resolve.tick() => self.resolve_hosts(),
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(cmd) => self.handle(cmd).await,
+                },
+            }
+        }
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.drop_session(id, Some("node shutting down")).await;
+        }
+    }
+
+    /// Pings every peer and drops those silent for [`DEAD_AFTER`].
+    async fn keepalive(&mut self) {
+        let dead: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_seen.elapsed() > DEAD_AFTER)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.drop_session(id, Some("no answer for 30 s")).await;
+        }
+        for s in self.sessions.values() {
+            // A full control queue means the peer is not reading; the timeout handles it.
+            let _ = s.conn.try_send(&Message::Ping);
+        }
+    }
+
+    /// Resolves every static and per-namespace host again (DNS answers change: a service name may
+    /// gain a node).
+    fn resolve_hosts(&self) {
+        let hosts: Vec<String> = self
+            .static_peers
+            .iter()
+            .chain(self.share_hosts.values().flatten())
+            .cloned()
+            .collect();
+        if hosts.is_empty() {
+            return;
+        }
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let addrs = resolve_all(&hosts).await;
+            let _ = tx.send(Cmd::Addresses(addrs)).await;
+        });
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::AddShare(share, reply) => {
+                self.add_share(share).await;
+                let _ = reply.send(());
+            }
+            Cmd::RemoveShare(id, reply) => {
+                if let Some(state) = self.shares.remove(&id) {
+                    for sid in state.members {
+                        if let Some(s) = self.sessions.get_mut(&sid)
+                            && let Some(m) = s.shares.remove(&id)
+                        {
+                            m.pusher.abort();
+                        }
+                    }
+                }
+                self.share_hosts.remove(&id);
+                let _ = reply.send(());
+            }
+            Cmd::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Cmd::Addresses(addrs) => {
+                for addr in addrs {
+                    self.add_candidate(addr);
+                }
+            }
+            Cmd::Accepted(result, addr) => match result {
+                Ok(session) => self.register(session, addr, None).await,
+                Err(e) => debug!(%addr, "incoming connection failed: {e}"),
+            },
+            Cmd::Dialed(addr, result) => {
+                let Some(c) = self.candidates.get_mut(&addr) else {
+                    return;
+                };
+                c.dialing = false;
+                match result {
+                    Ok(session) => {
+                        c.node = Some(session.peer);
+                        c.backoff.reset();
+                        self.register(session, addr, Some(addr)).await;
+                    }
+                    Err(e) => {
+                        let delay = c.backoff.next_delay(jitter());
+                        c.next_at = Instant::now() + delay;
+                        debug!(%addr, retry_in = ?delay, "cannot reach peer: {e}");
+                    }
+                }
+            }
+            Cmd::FromPeer(id, event) => self.on_peer_event(id, event).await,
+            Cmd::Sent(id, share, n) => {
+                if let Some(m) = self
+                    .sessions
+                    .get_mut(&id)
+                    .and_then(|s| s.shares.get_mut(&share))
+                {
+                    m.records_sent += n;
+                }
+            }
+            Cmd::Received(id, share, ok, refused) => {
+                if let Some(m) = self
+                    .sessions
+                    .get_mut(&id)
+                    .and_then(|s| s.shares.get_mut(&share))
+                {
+                    m.records_received += ok;
+                    m.records_refused += refused;
+                }
+            }
+        }
+    }
+
+    async fn add_share(&mut self, share: Share) {
+        let id = share.secret.share_id();
+        if !share.known_hosts.is_empty() {
+            let hosts = share.known_hosts.clone();
+            self.share_hosts.insert(id, hosts.clone());
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let addrs = resolve_all(&hosts).await;
+                let _ = tx.send(Cmd::Addresses(addrs)).await;
+            });
+        }
+        let ro = share.secret.read_only();
+        self.shares.insert(
+            id,
+            ShareState {
+                share,
+                members: HashSet::new(),
+                former: HashMap::new(),
+            },
+        );
+        for s in self.sessions.values() {
+            let _ = s.conn.send(&s.join.request(&ro)).await;
+        }
+    }
+
+    fn add_candidate(&mut self, addr: SocketAddr) {
+        if self.myself.contains(&addr) || self.candidates.contains_key(&addr) {
+            return;
+        }
+        self.candidates.insert(
+            addr,
+            Candidate {
+                backoff: Backoff::new(),
+                next_at: Instant::now(),
+                dialing: false,
+                node: None,
+            },
+        );
+    }
+
+    /// Dials every candidate that is due and not already connected.
+    fn dial_due(&mut self) {
+        let now = Instant::now();
+        let connected_addrs: HashSet<SocketAddr> = self
+            .sessions
+            .values()
+            .flat_map(|s| [Some(s.addr), s.listen_addr, s.dialed])
+            .flatten()
+            .collect();
+        for (addr, c) in self.candidates.iter_mut() {
+            if c.dialing || c.next_at > now || connected_addrs.contains(addr) {
+                continue;
+            }
+            if c.node.is_some_and(|n| self.by_node.contains_key(&n)) {
+                continue;
+            }
+            c.dialing = true;
+            let (tls, hello, tx, addr) =
+                (self.tls.clone(), self.hello.clone(), self.tx.clone(), *addr);
+            tokio::spawn(async move {
+                let result = shoal_net::connect(&tls, addr, None, &hello)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Cmd::Dialed(addr, result)).await;
+            });
+        }
+    }
+
+    async fn register(&mut self, session: Session, addr: SocketAddr, dialed: Option<SocketAddr>) {
+        if session.peer == self.node_id {
+            debug!(%addr, "that address is this node");
+            if let Some(d) = dialed {
+                self.candidates.remove(&d);
+                self.myself.insert(d);
+            }
+            session.conn.close("connected to itself").await;
+            return;
+        }
+        if let Some(&existing) = self.by_node.get(&session.peer) {
+            if shoal_net::keep_new_connection(self.node_id, session.peer, session.outgoing) {
+                self.drop_session(existing, Some("duplicate connection"))
+                    .await;
+            } else {
+                session.conn.close("duplicate connection").await;
+                return;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let Session {
+            peer,
+            hello,
+            outgoing,
+            join,
+            conn,
+            mut events,
+        } = session;
+        let tx = self.tx.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let end = matches!(event, Event::Closed(_));
+                if tx.send(Cmd::FromPeer(id, event)).await.is_err() || end {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Cmd::FromPeer(id, Event::Closed(Closed::Ended)))
+                .await;
+        });
+        let listen_addr =
+            (hello.listen_port != 0).then(|| SocketAddr::new(addr.ip(), hello.listen_port));
+        info!(peer = %peer.short(), device = %hello.device_name, %addr, outgoing, "peer connected");
+        let conn = Arc::new(conn);
+        for state in self.shares.values() {
+            let _ = conn
+                .send(&join.request(&state.share.secret.read_only()))
+                .await;
+        }
+        self.by_node.insert(peer, id);
+        self.sessions.insert(
+            id,
+            SessionState {
+                peer,
+                device_name: hello.device_name,
+                addr,
+                listen_addr,
+                outgoing,
+                dialed,
+                conn,
+                join,
+                since: Instant::now(),
+                last_seen: Instant::now(),
+                shares: HashMap::new(),
+                reader,
+            },
+        );
+    }
+
+    async fn drop_session(&mut self, id: u64, reason: Option<&str>) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        if self.by_node.get(&s.peer) == Some(&id) {
+            self.by_node.remove(&s.peer);
+        }
+        let traffic = s.conn.traffic();
+        for (share, m) in s.shares {
+            m.pusher.abort();
+            if let Some(state) = self.shares.get_mut(&share) {
+                state.members.remove(&id);
+                state.remember(
+                    s.peer,
+                    Former {
+                        device_name: s.device_name.clone(),
+                        address: s.listen_addr.unwrap_or(s.addr).to_string(),
+                        last_seen: s.last_seen,
+                        bytes_sent: traffic.sent(),
+                        bytes_received: traffic.received(),
+                        records_sent: m.records_sent,
+                        records_received: m.records_received,
+                        records_refused: m.records_refused,
+                    },
+                );
+            }
+        }
+        s.reader.abort();
+        if let Some(d) = s.dialed
+            && let Some(c) = self.candidates.get_mut(&d)
+        {
+            c.next_at = Instant::now() + c.backoff.next_delay(jitter());
+        }
+        info!(peer = %s.peer.short(), device = %s.device_name, reason = reason.unwrap_or("closed"), "peer disconnected");
+        if let Some(reason) = reason {
+            match Arc::try_unwrap(s.conn) {
+                Ok(conn) => conn.close(reason).await,
+                Err(conn) => {
+                    let _ = conn.try_send(&Message::Close {
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn on_peer_event(&mut self, id: u64, event: Event) {
+        let message = match event {
+            Event::Message(m) => m,
+            Event::Closed(why) => {
+                let reason = match why {
+                    Closed::ByPeer(r) => format!("closed by peer: {r}"),
+                    Closed::Ended => "connection ended".to_owned(),
+                    Closed::Error(e) => e,
+                };
+                if self.sessions.contains_key(&id) {
+                    debug!(session = id, "{reason}");
+                    self.drop_session(id, None).await;
+                }
+                return;
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        s.last_seen = Instant::now();
+        match message {
+            Message::Join { share_id, proof } => {
+                let ours = self
+                    .shares
+                    .get(&share_id)
+                    .map(|st| st.share.secret.read_only());
+                let reply = s.join.respond(share_id, &proof, ours.as_ref());
+                let accepted = matches!(reply, Message::JoinOk { .. });
+                let _ = s.conn.send(&reply).await;
+                if accepted {
+                    self.become_member(id, share_id).await;
+                }
+            }
+            Message::JoinOk { share_id, proof } => {
+                let ok = self
+                    .shares
+                    .get(&share_id)
+                    .is_some_and(|st| s.join.accepted(&st.share.secret.read_only(), &proof));
+                if ok {
+                    self.become_member(id, share_id).await;
+                } else {
+                    warn!(peer = %s.peer.short(), "a JoinOk with a bad proof; closing");
+                    self.drop_session(id, Some("bad join proof")).await;
+                }
+            }
+            Message::JoinRefused { share_id, .. } => {
+                if let Some(st) = self.shares.get(&share_id) {
+                    debug!(peer = %s.peer.short(), namespace = %st.share.name, "peer does not share this namespace (or holds another secret)");
+                }
+            }
+            Message::IndexFull {
+                share_id, records, ..
+            }
+            | Message::IndexUpdate {
+                share_id, records, ..
+            } => {
+                if !s.shares.contains_key(&share_id) {
+                    warn!(peer = %s.peer.short(), "index for a namespace it has not joined; closing");
+                    self.drop_session(id, Some("index for a namespace not joined"))
+                        .await;
+                    return;
+                }
+                let Some(st) = self.shares.get(&share_id) else {
+                    return;
+                };
+                let index = st.share.index.clone();
+                let key = st.share.secret.read_only().verifying_key();
+                let name = st.share.name.clone();
+                let peer = s.peer;
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut accepted = Vec::with_capacity(records.len());
+                    let mut refused = 0u64;
+                    let mut why = None;
+                    for r in &records {
+                        match record::open(r, &key) {
+                            Ok(entry) => accepted.push(entry),
+                            Err(e) => {
+                                refused += 1;
+                                why.get_or_insert(e);
+                            }
+                        }
+                    }
+                    if let Some(why) = why {
+                        warn!(peer = %peer.short(), namespace = %name, refused, "refused records: {why} (changes made where only the read-only secret is held are never accepted)");
+                    }
+                    if let Err(e) = index.put_remote(&peer.0, &accepted) {
+                        warn!(namespace = %name, "cannot store a peer's index: {e}");
+                    }
+                    let _ = tx.blocking_send(Cmd::Received(
+                        id,
+                        share_id,
+                        accepted.len() as u64,
+                        refused,
+                    ));
+                });
+            }
+            Message::Peers { share_id, addrs } => {
+                if s.shares.contains_key(&share_id) {
+                    for addr in addrs {
+                        self.add_candidate(addr);
+                    }
+                }
+            }
+            Message::ChunkRequest { id: req, .. } => {
+                // Chunk transfer comes with the puller; until then say so rather than stay silent.
+                let _ = s.conn.send(&Message::ChunkUnavailable { id: req }).await;
+            }
+            Message::ChunkData { .. } | Message::ChunkUnavailable { .. } | Message::Ping => {}
+            Message::Hello(_) => {
+                self.drop_session(id, Some("unexpected Hello")).await;
+            }
+            Message::Close { reason } => {
+                debug!(session = id, "peer closing: {reason}");
+                self.drop_session(id, None).await;
+            }
+        }
+    }
+
+    /// The peer proved it holds `share`: stream our index to it and tell it who else shares it.
+    async fn become_member(&mut self, id: u64, share: ShareId) {
+        let Some(state) = self.shares.get_mut(&share) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.shares.contains_key(&share) {
+            return;
+        }
+        state.members.insert(id);
+        state.former.remove(&s.peer);
+        info!(peer = %s.peer.short(), device = %s.device_name, namespace = %state.share.name, "peer joined namespace");
+        let pusher = tokio::spawn(push_index(
+            s.conn.clone(),
+            share,
+            state.share.index.clone(),
+            state.share.secret.signing_key(),
+            self.tx.clone(),
+            id,
+        ));
+        s.shares.insert(
+            share,
+            Member {
+                pusher,
+                records_sent: 0,
+                records_received: 0,
+                records_refused: 0,
+            },
+        );
+        // Peer exchange: everyone who shares it learns of everyone else.
+        let members: Vec<u64> = state.members.iter().copied().collect();
+        let addrs_of = |sid: &u64| self.sessions.get(sid).and_then(|s| s.listen_addr);
+        let all: Vec<SocketAddr> = members.iter().filter_map(addrs_of).collect();
+        for sid in &members {
+            let Some(s) = self.sessions.get(sid) else {
+                continue;
+            };
+            let others: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| Some(*a) != s.listen_addr)
+                .collect();
+            if !others.is_empty() {
+                let _ = s
+                    .conn
+                    .send(&Message::Peers {
+                        share_id: share,
+                        addrs: others,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    fn status(&self) -> BTreeMap<String, Vec<PeerStatus>> {
+        let mut out = BTreeMap::new();
+        for (share_id, state) in &self.shares {
+            let mut peers = Vec::new();
+            for sid in &state.members {
+                let Some(s) = self.sessions.get(sid) else {
+                    continue;
+                };
+                let m = s.shares.get(share_id);
+                let traffic = s.conn.traffic();
+                peers.push(PeerStatus {
+                    node_id: s.peer.to_string(),
+                    device_name: s.device_name.clone(),
+                    address: s.listen_addr.unwrap_or(s.addr).to_string(),
+                    direction: if s.outgoing { "outgoing" } else { "incoming" },
+                    state: "connected",
+                    connected_for_s: s.since.elapsed().as_secs(),
+                    last_seen_s: s.last_seen.elapsed().as_secs(),
+                    bytes_sent: traffic.sent(),
+                    bytes_received: traffic.received(),
+                    records_sent: m.map_or(0, |m| m.records_sent),
+                    records_received: m.map_or(0, |m| m.records_received),
+                    records_refused: m.map_or(0, |m| m.records_refused),
+                });
+            }
+            for (node, f) in &state.former {
+                peers.push(PeerStatus {
+                    node_id: node.to_string(),
+                    device_name: f.device_name.clone(),
+                    address: f.address.clone(),
+                    direction: "none",
+                    state: "disconnected",
+                    connected_for_s: 0,
+                    last_seen_s: f.last_seen.elapsed().as_secs(),
+                    bytes_sent: f.bytes_sent,
+                    bytes_received: f.bytes_received,
+                    records_sent: f.records_sent,
+                    records_received: f.records_received,
+                    records_refused: f.records_refused,
+                });
+            }
+            peers.sort_by(|a, b| {
+                (a.state, &a.device_name, &a.node_id).cmp(&(b.state, &b.device_name, &b.node_id))
+            });
+            out.insert(state.share.name.clone(), peers);
+        }
+        out
+    }
+}
+
+impl ShareState {
+    fn remember(&mut self, node: NodeId, former: Former) {
+        self.former.insert(node, former);
+        if self.former.len() > MAX_FORMER
+            && let Some(oldest) = self
+                .former
+                .iter()
+                .min_by_key(|(_, f)| f.last_seen)
+                .map(|(n, _)| *n)
+        {
+            self.former.remove(&oldest);
+        }
+    }
+}
+
+/// Streams this node's index of `share` to one peer: everything once, then every new change.
+/// A node holding only the read-only secret cannot sign, so it announces nothing.
+async fn push_index(
+    conn: Arc<Connection>,
+    share: ShareId,
+    index: Arc<Index>,
+    key: Option<ed25519_dalek::SigningKey>,
+    tx: mpsc::Sender<Cmd>,
+    session: u64,
+) {
+    let Some(key) = key else {
+        return;
+    };
+    let mut changed = index.subscribe();
+    let mut sent = 0u64;
+    loop {
+        let (idx, after) = (index.clone(), sent);
+        let changes = match tokio::task::spawn_blocking(move || {
+            idx.changes_since(after, RECORDS_PER_MESSAGE)
+        })
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!("reading the index to send: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        if changes.is_empty() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let last = changes.last().map_or(sent, |(_, e)| e.seq);
+        let records: Vec<_> = changes
+            .iter()
+            .filter_map(|(path, entry)| record::sign(path, entry, &key))
+            .collect();
+        let n = records.len() as u64;
+        let message = if sent == 0 {
+            Message::IndexFull {
+                share_id: share,
+                seq: last,
+                records,
+            }
+        } else {
+            Message::IndexUpdate {
+                share_id: share,
+                since_seq: sent,
+                records,
+            }
+        };
+        if conn.send(&message).await.is_err() {
+            return;
+        }
+        let _ = tx.send(Cmd::Sent(session, share, n)).await;
+        sent = last;
+    }
+}
+
+/// The port dialed when a host entry names none (BitTorrent Sync's and btsync.docker's).
+pub const DEFAULT_PORT: u16 = 55555;
+
+/// `host`, `host:port`, `1.2.3.4`, `::1` or `[::1]:port`, with [`DEFAULT_PORT`] when none is given.
+pub fn with_default_port(host: &str) -> String {
+    let host = host.trim();
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        SocketAddr::new(ip, DEFAULT_PORT).to_string()
+    } else if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{DEFAULT_PORT}")
+    }
+}
+
+/// Resolves host entries; a name that resolves to several addresses yields them all.
+pub async fn resolve_all(hosts: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for host in hosts {
+        let host = with_default_port(host);
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => warn!(host, "cannot resolve peer address: {e}"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_entries_get_the_default_port() {
+        assert_eq!(with_default_port("node1"), "node1:55555");
+        assert_eq!(with_default_port("node1:4000"), "node1:4000");
+        assert_eq!(with_default_port("10.0.0.1"), "10.0.0.1:55555");
+        assert_eq!(with_default_port("::1"), "[::1]:55555");
+        assert_eq!(with_default_port("[::1]:9"), "[::1]:9");
+    }
+
+    #[tokio::test]
+    async fn resolving_keeps_every_address() {
+        // Only names /etc/hosts answers: tests never ask a public DNS server.
+        let addrs = resolve_all(&["127.0.0.1:1".into(), "localhost:2".into()]).await;
+        assert!(addrs.contains(&"127.0.0.1:1".parse().unwrap()));
+        assert!(addrs.iter().any(|a| a.port() == 2));
+    }
+}
