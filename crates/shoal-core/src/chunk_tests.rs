@@ -79,7 +79,10 @@ fn one_byte_inserted_at_the_start_changes_only_the_first_chunks() {
     inserted.push(0x5a);
     inserted.extend_from_slice(&data);
     let after = chunk_bytes(&inserted);
-    let changed = after.iter().filter(|c| !before.iter().any(|b| b.hash == c.hash)).count();
+    let changed = after
+        .iter()
+        .filter(|c| !before.iter().any(|b| b.hash == c.hash))
+        .count();
     assert!(changed <= 2, "{changed} chunks changed");
     assert!(new_bytes(&before, &after) <= 2 * u64::from(MAX_SIZE));
 }
@@ -94,7 +97,10 @@ fn one_mib_overwritten_in_the_middle_costs_about_one_mib() {
     let after = chunk_bytes(&edited);
     let fetched = new_bytes(&before, &after);
     assert!(fetched >= 1 << 20);
-    assert!(fetched <= (1 << 20) + 2 * u64::from(MAX_SIZE), "{fetched} bytes to fetch");
+    assert!(
+        fetched <= (1 << 20) + 2 * u64::from(MAX_SIZE),
+        "{fetched} bytes to fetch"
+    );
 }
 
 #[test]
@@ -116,11 +122,20 @@ fn the_file_hash_depends_on_every_chunk_and_is_not_a_chunk_hash() {
 #[test]
 fn the_format_is_pinned() {
     assert_eq!(GEAR[0], 0x25a2_9dd2_7978_d217, "GEAR[0] = {:#x}", GEAR[0]);
-    assert_eq!(GEAR[255], 0x5a22_8b2f_9493_a89b, "GEAR[255] = {:#x}", GEAR[255]);
-    let cuts: Vec<u32> = chunk_bytes(&noise(2 << 20, 1)).iter().map(|c| c.len).collect();
+    assert_eq!(
+        GEAR[255], 0x5a22_8b2f_9493_a89b,
+        "GEAR[255] = {:#x}",
+        GEAR[255]
+    );
+    let cuts: Vec<u32> = chunk_bytes(&noise(2 << 20, 1))
+        .iter()
+        .map(|c| c.len)
+        .collect();
     assert_eq!(
         cuts,
-        [297866, 291534, 276041, 194163, 281182, 349554, 186919, 72803, 147090],
+        [
+            297866, 291534, 276041, 194163, 281182, 349554, 186919, 72803, 147090
+        ],
         "cut lengths"
     );
 }
