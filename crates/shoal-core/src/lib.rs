@@ -8,5 +8,6 @@
 pub mod chunk;
 pub mod ignore;
 pub mod name;
+pub mod resolve;
 pub mod secret;
 pub mod version;

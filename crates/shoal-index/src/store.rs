@@ -98,6 +98,8 @@ pub struct Index {
     db: Database,
     path: PathBuf,
     seq: watch::Sender<u64>,
+    /// Counts stores of peers' entries, to wake whoever computes what this node needs.
+    remote: watch::Sender<u64>,
 }
 
 impl Index {
@@ -169,10 +171,12 @@ impl Index {
         }
         txn.commit()?;
         let (seq, _) = watch::channel(max_seq);
+        let (remote, _) = watch::channel(0);
         Ok(Index {
             db,
             path: path.to_owned(),
             seq,
+            remote,
         })
     }
 
@@ -188,6 +192,11 @@ impl Index {
     /// Follows [`Index::max_seq`]: woken after every commit that recorded a change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.seq.subscribe()
+    }
+
+    /// Woken after every store of peers' entries ([`Index::put_remote`]).
+    pub fn subscribe_remote(&self) -> watch::Receiver<u64> {
+        self.remote.subscribe()
     }
 
     pub fn get(&self, path: &str) -> Result<Option<Entry>, IndexError> {
@@ -316,6 +325,7 @@ impl Index {
             seqs.insert(peer.as_slice(), max)?;
         }
         txn.commit()?;
+        self.remote.send_modify(|n| *n += 1);
         Ok(())
     }
 

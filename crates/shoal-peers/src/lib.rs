@@ -7,7 +7,9 @@
 //! a record must carry the namespace's read-write signature and a path that stays inside the
 //! namespace.
 
+pub mod chunks;
 pub mod manager;
 pub mod record;
 
+pub use chunks::FetchError;
 pub use manager::{PeerStatus, Peers, PeersConfig, Share, resolve_all};

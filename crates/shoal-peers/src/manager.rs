@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use shoal_core::chunk::Hash;
 use shoal_core::secret::{Secret, ShareId};
 use shoal_index::Index;
 use shoal_net::backoff::Backoff;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::chunks::{self, FetchError};
 use crate::record;
 
 /// Records per index message: keeps every message well under the frame limit.
@@ -54,6 +56,8 @@ pub struct PeersConfig {
 #[derive(Clone, Debug)]
 pub struct Share {
     pub name: String,
+    /// The namespace's directory, where chunks asked for by peers are read.
+    pub root: std::path::PathBuf,
     pub secret: Secret,
     pub index: Arc<Index>,
     /// This namespace's own `known_hosts`.
@@ -90,7 +94,27 @@ enum Cmd {
     FromPeer(u64, Event),
     Sent(u64, ShareId, u64),
     Received(u64, ShareId, u64, u64),
+    Fetch(Fetch),
+    Members(ShareId, oneshot::Sender<Vec<NodeId>>),
 }
+
+/// A request for one chunk of `share` from one of `sources`.
+struct Fetch {
+    share: ShareId,
+    hash: Hash,
+    sources: Vec<NodeId>,
+    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+}
+
+/// A chunk request sent and not yet answered.
+struct Pending {
+    session: u64,
+    since: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+}
+
+/// A request unanswered for this long fails, and the caller tries another peer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A handle on the peer manager.
 #[derive(Clone, Debug)]
@@ -142,6 +166,9 @@ impl Peers {
             myself: HashSet::new(),
             static_peers: config.static_peers,
             share_hosts: HashMap::new(),
+            pending: HashMap::new(),
+            next_request: 1,
+            serving: Arc::new(tokio::sync::Semaphore::new(chunks::MAX_SERVING)),
         };
         let handle = tokio::spawn(manager.run(rx, listener, stop, config.resolve_interval));
         Ok((
@@ -169,6 +196,37 @@ impl Peers {
         if self.tx.send(Cmd::AddShare(share, tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Fetches chunk `hash` of `share` from one of `sources` (the connected one with the fewest
+    /// requests in flight, so that a node filling up spreads its requests over every peer that has
+    /// the data). The bytes are the peer's answer: the caller verifies them.
+    pub async fn fetch(
+        &self,
+        share: ShareId,
+        hash: Hash,
+        sources: Vec<NodeId>,
+    ) -> Result<Vec<u8>, FetchError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Fetch(Fetch {
+            share,
+            hash,
+            sources,
+            reply,
+        });
+        if self.tx.send(cmd).await.is_err() {
+            return Err(FetchError::Stopped);
+        }
+        rx.await.unwrap_or(Err(FetchError::Stopped))
+    }
+
+    /// The nodes connected and joined in `share` now.
+    pub async fn members(&self, share: ShareId) -> Vec<NodeId> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Members(share, tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     pub async fn remove_share(&self, share: ShareId) {
@@ -257,6 +315,9 @@ struct Manager {
     myself: HashSet<SocketAddr>,
     static_peers: Vec<String>,
     share_hosts: HashMap<ShareId, Vec<String>>,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+    serving: Arc<tokio::sync::Semaphore>,
 }
 
 impl Manager {
@@ -317,8 +378,94 @@ impl Manager {
         }
     }
 
+    /// Sends a chunk request to the least busy connected source.
+    fn start_fetch(&mut self, fetch: Fetch) {
+        let Some(state) = self.shares.get(&fetch.share) else {
+            let _ = fetch.reply.send(Err(FetchError::NoSource));
+            return;
+        };
+        let busy = |sid: &u64| self.pending.values().filter(|p| p.session == *sid).count();
+        let chosen = fetch
+            .sources
+            .iter()
+            .filter_map(|node| self.by_node.get(node))
+            .filter(|sid| state.members.contains(sid))
+            .min_by_key(|sid| busy(sid))
+            .copied();
+        let Some(sid) = chosen else {
+            let _ = fetch.reply.send(Err(FetchError::NoSource));
+            return;
+        };
+        let Some(s) = self.sessions.get(&sid) else {
+            let _ = fetch.reply.send(Err(FetchError::NoSource));
+            return;
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        let request = Message::ChunkRequest {
+            share_id: fetch.share,
+            hash: fetch.hash.0,
+            id,
+        };
+        if s.conn.try_send(&request).is_err() {
+            let _ = fetch.reply.send(Err(FetchError::Disconnected));
+            return;
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                session: sid,
+                since: Instant::now(),
+                reply: fetch.reply,
+            },
+        );
+    }
+
+    /// Answers a chunk request from a member, off the actor: the read may take a while.
+    fn serve_chunk(&self, session: u64, share: ShareId, hash: Hash, id: u64) {
+        let (Some(s), Some(state)) = (self.sessions.get(&session), self.shares.get(&share)) else {
+            return;
+        };
+        let conn = s.conn.clone();
+        let root = state.share.root.clone();
+        let index = state.share.index.clone();
+        let serving = self.serving.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = serving.acquire_owned().await else {
+                return;
+            };
+            let read =
+                tokio::task::spawn_blocking(move || chunks::read_local(&root, &index, &hash)).await;
+            let answer = match read {
+                Ok(Some(bytes)) => Message::ChunkData { id, bytes },
+                _ => Message::ChunkUnavailable { id },
+            };
+            let _ = conn.send(&answer).await;
+        });
+    }
+
+    /// Answers a pending request, if `session` is the one it was sent on.
+    fn answer(&mut self, session: u64, id: u64, result: Result<Vec<u8>, FetchError>) {
+        if self.pending.get(&id).is_some_and(|p| p.session == session)
+            && let Some(p) = self.pending.remove(&id)
+        {
+            let _ = p.reply.send(result);
+        }
+    }
+
     /// Pings every peer and drops those silent for [`DEAD_AFTER`].
     async fn keepalive(&mut self) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() > REQUEST_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.reply.send(Err(FetchError::TimedOut));
+            }
+        }
         let dead: Vec<u64> = self
             .sessions
             .iter()
@@ -371,6 +518,16 @@ impl Manager {
                 }
                 self.share_hosts.remove(&id);
                 let _ = reply.send(());
+            }
+            Cmd::Fetch(fetch) => self.start_fetch(fetch),
+            Cmd::Members(share, reply) => {
+                let members = self.shares.get(&share).map_or_else(Vec::new, |st| {
+                    st.members
+                        .iter()
+                        .filter_map(|sid| self.sessions.get(sid).map(|s| s.peer))
+                        .collect()
+                });
+                let _ = reply.send(members);
             }
             Cmd::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -570,6 +727,17 @@ impl Manager {
         if self.by_node.get(&s.peer) == Some(&id) {
             self.by_node.remove(&s.peer);
         }
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.session == id)
+            .map(|(req, _)| *req)
+            .collect();
+        for req in lost {
+            if let Some(p) = self.pending.remove(&req) {
+                let _ = p.reply.send(Err(FetchError::Disconnected));
+            }
+        }
         let traffic = s.conn.traffic();
         for (share, m) in s.shares {
             m.pusher.abort();
@@ -713,11 +881,24 @@ impl Manager {
                     }
                 }
             }
-            Message::ChunkRequest { id: req, .. } => {
-                // Chunk transfer comes with the puller; until then say so rather than stay silent.
-                let _ = s.conn.send(&Message::ChunkUnavailable { id: req }).await;
+            Message::ChunkRequest {
+                share_id,
+                hash,
+                id: req,
+            } => {
+                if s.shares.contains_key(&share_id) {
+                    self.serve_chunk(id, share_id, Hash(hash), req);
+                } else {
+                    warn!(peer = %s.peer.short(), "chunk request for a namespace it has not joined; closing");
+                    self.drop_session(id, Some("chunk request for a namespace not joined"))
+                        .await;
+                }
             }
-            Message::ChunkData { .. } | Message::ChunkUnavailable { .. } | Message::Ping => {}
+            Message::ChunkData { id: req, bytes } => self.answer(id, req, Ok(bytes)),
+            Message::ChunkUnavailable { id: req } => {
+                self.answer(id, req, Err(FetchError::Unavailable));
+            }
+            Message::Ping => {}
             Message::Hello(_) => {
                 self.drop_session(id, Some("unexpected Hello")).await;
             }

@@ -9,8 +9,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -73,6 +73,12 @@ pub struct Scanner {
     ignore: RwLock<IgnoreList>,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
+    /// Held by a scan from reading the disk to committing, and by the puller while it replaces
+    /// files and records them: a scan never sees a file the puller wrote but has not yet recorded
+    /// (it would take it for a local edit).
+    exclusive: Mutex<()>,
+    /// Full scans completed: the index describes the whole disk once this is at least 1.
+    full_scans: AtomicU64,
 }
 
 enum Action {
@@ -91,6 +97,8 @@ impl Scanner {
             ignore: RwLock::new(IgnoreList::default().with_defaults()),
             progress: Arc::new(Progress::default()),
             stop: Arc::new(AtomicBool::new(false)),
+            exclusive: Mutex::new(()),
+            full_scans: AtomicU64::new(0),
         }
     }
 
@@ -145,6 +153,9 @@ impl Scanner {
         let result = self.scan_roots(&[String::new()]);
         self.progress.end();
         release_memory();
+        if result.is_ok() {
+            self.full_scans.fetch_add(1, Ordering::Relaxed);
+        }
         if let Ok(r) = &result {
             let counts = self.index.counts()?;
             info!(
@@ -168,7 +179,31 @@ impl Scanner {
         self.scan_roots(&minimal_roots(paths))
     }
 
+    /// Keeps scans out while held: for whoever else writes files into the namespace and records them
+    /// (the puller).
+    pub fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.exclusive.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True for paths this node neither records nor takes from peers: reserved, temporary or
+    /// ignored (by `.sync/IgnoreList` or the built-in patterns), themselves or by a parent.
+    pub fn skips(&self, path: &str, is_dir: bool) -> bool {
+        let ignore = self.read_ignore();
+        Filter { ignore: &ignore }.skips_with_parents(path, is_dir)
+    }
+
+    /// How many full scans have completed (0: the index may not know every file on disk yet).
+    pub fn full_scans(&self) -> u64 {
+        self.full_scans.load(Ordering::Relaxed)
+    }
+
+    /// The device this node records its changes as.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
     fn scan_roots(&self, roots: &[String]) -> Result<ScanReport, ScanError> {
+        let _exclusive = self.exclusive();
         let mut report = ScanReport::default();
         let mut actions = Vec::new();
         let mut unreadable = Unreadable::default();
@@ -519,7 +554,9 @@ fn gone(
     actions.push(Action::Tombstone(path.to_owned()));
 }
 
-fn unchanged(d: &DiskStat, s: &Stamp) -> bool {
+/// True when what is on disk is what the index recorded (directories: kind and mode only, since
+/// their times change with their content).
+pub fn unchanged(d: &DiskStat, s: &Stamp) -> bool {
     !s.deleted
         && d.kind == s.kind
         && d.mode == s.mode

@@ -245,6 +245,9 @@ fn print_status(status: &serde_json::Value) -> Option<()> {
         if let Some(scan) = ns.get("scan") {
             print_scan(scan);
         }
+        if let Some(sync) = ns.get("sync").filter(|s| !s.is_null()) {
+            print_sync(sync);
+        }
         let peers = ns.get("peers").and_then(|p| p.as_array());
         match peers {
             Some(peers) if !peers.is_empty() => {
@@ -294,6 +297,54 @@ fn print_scan(scan: &serde_json::Value) {
     if scan.get("watching").and_then(|w| w.as_bool()) == Some(false) {
         println!("    not watching for changes: periodic scans only (see the log)");
     }
+}
+
+fn print_sync(sync: &serde_json::Value) {
+    let n = |k: &str| sync.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    match sync.get("state").and_then(|s| s.as_str()) {
+        Some("syncing") => {
+            let left = n("bytes_left");
+            let done = n("bytes_done");
+            let total = left + done;
+            let rate = sync
+                .get("bytes_per_s")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0);
+            let bar = progress_bar(done, total);
+            println!(
+                "    syncing: {bar} {} files left, {} of {}, {}/s",
+                n("files_left"),
+                bytes(done),
+                bytes(total),
+                bytes(rate as u64),
+            );
+        }
+        Some("retrying") => {
+            let why = sync.get("error").and_then(|e| e.as_str()).unwrap_or("?");
+            println!("    sync retrying: {why}");
+        }
+        _ => {}
+    }
+    if n("files_pulled") > 0 || n("conflicts") > 0 {
+        println!(
+            "    since start: {} files pulled, {} fetched, {} reused locally, {} conflicts",
+            n("files_pulled"),
+            bytes(n("fetched_bytes")),
+            bytes(n("copied_bytes")),
+            n("conflicts"),
+        );
+    }
+}
+
+/// `[#####.....]` for `done` of `total`.
+fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 20;
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(0);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize)
+    )
 }
 
 fn print_peer(p: &serde_json::Value) -> Option<()> {

@@ -14,11 +14,14 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 use shoal_config::{Config, SharedFolder};
+use shoal_core::chunk::Hash;
 use shoal_core::name::NamespaceName;
 use shoal_core::secret::Secret;
 use shoal_core::version::DeviceId;
 use shoal_index::Index;
 use shoal_scan::{Folder, FolderOptions, Scanner};
+use shoal_sync::puller::Fetching;
+use shoal_sync::{ChunkSource, Puller, PullerConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -58,6 +61,32 @@ impl Handle {
     }
 }
 
+#[derive(Debug)]
+struct Running {
+    folder: Folder,
+    puller: Puller,
+}
+
+/// Chunks of one namespace, fetched through the peer layer.
+struct PeerChunks {
+    peers: shoal_peers::Peers,
+    share: shoal_core::secret::ShareId,
+}
+
+impl ChunkSource for PeerChunks {
+    fn fetch(&self, hash: Hash, sources: Vec<shoal_index::PeerKey>) -> Fetching {
+        let peers = self.peers.clone();
+        let share = self.share;
+        Box::pin(async move {
+            let sources = sources.into_iter().map(shoal_net::NodeId).collect();
+            peers
+                .fetch(share, hash, sources)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// One running namespace.
 #[derive(Debug)]
 struct Namespace {
@@ -68,8 +97,8 @@ struct Namespace {
 
 #[derive(Debug)]
 enum State {
-    /// Its folder thread keeps the index equal to the disk.
-    Running(Folder),
+    /// Its folder thread keeps the index equal to the disk; its puller brings in peers' changes.
+    Running(Box<Running>),
     /// The namespace cannot run; the message says why and what to do.
     Error(String),
 }
@@ -229,12 +258,25 @@ impl Supervisor {
                 self.peers
                     .add_share(shoal_peers::Share {
                         name: name.to_string(),
+                        root: running.scanner().root().to_path_buf(),
                         secret: folder.secret.clone(),
                         index: running.scanner().index().clone(),
                         known_hosts: folder.known_hosts().to_vec(),
                     })
                     .await;
-                State::Running(running)
+                let puller = Puller::start(PullerConfig {
+                    name: name.to_string(),
+                    scanner: running.scanner().clone(),
+                    source: Arc::new(PeerChunks {
+                        peers: self.peers.clone(),
+                        share: folder.secret.share_id(),
+                    }),
+                    archive: folder.use_sync_trash(),
+                });
+                State::Running(Box::new(Running {
+                    folder: running,
+                    puller,
+                }))
             }
             Err(why) => {
                 error!(namespace = %name, "cannot start: {why}");
@@ -262,7 +304,9 @@ impl Supervisor {
     async fn stop_namespace(&mut self, name: &NamespaceName) {
         if let Some(ns) = self.running.remove(name) {
             self.peers.remove_share(ns.secret.share_id()).await;
-            if let State::Running(folder) = ns.state {
+            if let State::Running(running) = ns.state {
+                let Running { folder, puller } = *running;
+                puller.stop().await;
                 let _ = tokio::task::spawn_blocking(move || folder.stop()).await;
             }
             info!(namespace = %name, "namespace stopped");
@@ -275,19 +319,28 @@ impl Supervisor {
             .running
             .iter()
             .map(|(name, ns)| {
-                let (state, detail, scan, index) = match &ns.state {
-                    State::Running(folder) => {
-                        let status = folder.status();
-                        let index = folder.scanner().index();
+                let (state, detail, scan, sync, index) = match &ns.state {
+                    State::Running(running) => {
+                        let status = running.folder.status();
+                        let sync = running.puller.status();
+                        let index = running.folder.scanner().index();
                         let counts = index.counts().ok();
+                        let state = if sync.state == shoal_sync::SyncState::Syncing {
+                            json!("syncing")
+                        } else {
+                            serde_json::to_value(status.state).unwrap_or_default()
+                        };
                         (
-                            serde_json::to_value(status.state).unwrap_or_default(),
-                            status.error.clone(),
+                            state,
+                            status.error.clone().or_else(|| sync.error.clone()),
                             serde_json::to_value(&status).ok(),
+                            serde_json::to_value(&sync).ok(),
                             json!({ "max_seq": index.max_seq(), "counts": counts }),
                         )
                     }
-                    State::Error(why) => (json!("error"), Some(why.clone()), None, json!(null)),
+                    State::Error(why) => {
+                        (json!("error"), Some(why.clone()), None, None, json!(null))
+                    }
                 };
                 json!({
                     "name": name,
@@ -297,6 +350,7 @@ impl Supervisor {
                     "state": state,
                     "detail": detail,
                     "scan": scan,
+                    "sync": sync,
                     "index": index,
                     "peers": peers.remove(name.as_str()).unwrap_or_default(),
                 })

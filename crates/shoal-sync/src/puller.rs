@@ -1,0 +1,886 @@
+//! The puller: one task per namespace that makes the disk what the plan says, in explicit stages.
+//!
+//! 1. **Versions**: paths whose content this node already has only get the resolved version.
+//! 2. **Directories**, parents first.
+//! 3. **Files and symlinks**, in groups (at most [`GROUP_FILES`] files or [`GROUP_BYTES`]):
+//!    - *copier*: a temporary file `.~shoal.<name>.<hash>.tmp` in the target's directory is
+//!      filled with the chunks this node already has anywhere (a rename or a copy costs no
+//!      network), and with chunks a previous attempt already wrote (resume after a restart);
+//!    - *fetcher*: the missing chunks are requested from every peer that announced this
+//!      content, many at once (the peer layer spreads them over the least busy peers);
+//!      every chunk is verified (BLAKE3) before it is written;
+//!    - *finisher*: mode and mtime set, one `syncfs` for the whole group, then — holding the
+//!      scanner out — each target is checked to be still what the plan saw (a local edit since
+//!      is never clobbered: the file is left alone and the next round resolves it as a
+//!      conflict), the replaced file kept as a conflict copy or moved to the archive, the
+//!      temporary renamed over the target, the directories fsync'd, and the index updated in
+//!      one transaction.
+//! 4. **Deletions**, children first; deleted files go to the archive.
+//!
+//! Anything that fails (no peer has a chunk yet, disk full, a directory not empty) is retried
+//! with backoff; partial data stays in hidden temporary files and is never visible under the
+//! target's name.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+use serde::Serialize;
+use shoal_core::chunk::Hash;
+use shoal_core::ignore::TEMP_PREFIX;
+use shoal_core::resolve::conflict_name;
+use shoal_index::{Entry, Index, Kind, PeerKey, Stamp};
+use shoal_scan::Scanner;
+use shoal_scan::walk::DiskStat;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::plan::{Need, plan};
+
+/// Files finished together (one `syncfs`, one index transaction).
+pub const GROUP_FILES: usize = 512;
+/// Bytes assembled before a group is finished.
+pub const GROUP_BYTES: u64 = 256 << 20;
+/// Files assembled at once.
+const FILES_AT_ONCE: usize = 32;
+/// Chunk requests in flight per namespace.
+const FETCHES_AT_ONCE: usize = 64;
+/// Attempts per chunk before the file is left for the next round.
+const FETCH_ATTEMPTS: usize = 3;
+/// Where replaced and deleted files are kept (BitTorrent Sync's `.sync/Archive`).
+pub const ARCHIVE_DIR: &str = ".sync/Archive";
+
+/// A future resolving to a chunk's bytes as a peer sent them (unverified).
+pub type Fetching = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// Where chunks this node lacks come from (the peer layer; a test double in tests).
+pub trait ChunkSource: Send + Sync + 'static {
+    /// Fetches chunk `hash` from one of `sources`.
+    fn fetch(&self, hash: Hash, sources: Vec<PeerKey>) -> Fetching;
+}
+
+/// What a puller needs.
+pub struct PullerConfig {
+    /// The namespace's name, for logs.
+    pub name: String,
+    /// The namespace's scanner: its root, its index, and the lock that keeps scans out while
+    /// files are replaced.
+    pub scanner: Arc<Scanner>,
+    pub source: Arc<dyn ChunkSource>,
+    /// Move replaced and deleted files to `.sync/Archive/` (`use_sync_trash`).
+    pub archive: bool,
+}
+
+impl std::fmt::Debug for PullerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullerConfig")
+            .field("name", &self.name)
+            .field("archive", &self.archive)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// Nothing to do: in sync with every peer's announced state.
+    Idle,
+    Syncing,
+    /// The last round left work undone (see `error`); it is retried.
+    Retrying,
+}
+
+/// What the puller is doing, for `ctl status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncStatus {
+    pub state: SyncState,
+    /// Paths still to change in this round, and the bytes they may need.
+    pub files_left: u64,
+    pub bytes_left: u64,
+    /// Bytes brought in this round (fetched or copied) and the rate.
+    pub bytes_done: u64,
+    pub bytes_per_s: f64,
+    /// Since the daemon started: bytes fetched from peers, and bytes reused from local files.
+    pub fetched_bytes: u64,
+    pub copied_bytes: u64,
+    /// Files replaced from peers since the daemon started, and conflict copies made.
+    pub files_pulled: u64,
+    pub conflicts: u64,
+    /// Why the last round left work undone.
+    pub error: Option<String>,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        SyncStatus {
+            state: SyncState::Idle,
+            files_left: 0,
+            bytes_left: 0,
+            bytes_done: 0,
+            bytes_per_s: 0.0,
+            fetched_bytes: 0,
+            copied_bytes: 0,
+            files_pulled: 0,
+            conflicts: 0,
+            error: None,
+        }
+    }
+}
+
+/// A running puller.
+#[derive(Debug)]
+pub struct Puller {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    status: Mutex<SyncStatus>,
+    round_started: Mutex<Option<Instant>>,
+    bytes_done: AtomicU64,
+    fetched: AtomicU64,
+    copied: AtomicU64,
+}
+
+impl Puller {
+    /// Starts the puller task (inside a tokio runtime).
+    pub fn start(config: PullerConfig) -> Puller {
+        let shared = Arc::new(Shared::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(Arc::new(config), shared.clone(), stop_rx));
+        Puller {
+            shared,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        let mut s = self.shared.status();
+        let done = self.shared.bytes_done.load(Ordering::Relaxed);
+        s.bytes_done = done;
+        s.bytes_left = s.bytes_left.saturating_sub(done);
+        s.fetched_bytes = self.shared.fetched.load(Ordering::Relaxed);
+        s.copied_bytes = self.shared.copied.load(Ordering::Relaxed);
+        if s.state != SyncState::Idle
+            && let Some(started) = *lock(&self.shared.round_started)
+        {
+            s.bytes_per_s = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        }
+        s
+    }
+
+    /// Stops the puller; work in progress stays in temporary files for the next start.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Puller {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn status(&self) -> SyncStatus {
+        lock(&self.status).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+        f(&mut lock(&self.status));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits for changes (a peer's index, or ours), plans, pulls; retries what failed with backoff.
+async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let index = config.scanner.index().clone();
+    let mut remote = index.subscribe_remote();
+    let mut local = index.subscribe();
+    let mut backoff = Duration::from_secs(1);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    // Nothing is pulled before the first full scan: until then a file on disk may be missing from
+    // the index, and replacing it would lose a local version.
+    while config.scanner.full_scans() == 0 {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    loop {
+        remote.borrow_and_update();
+        local.borrow_and_update();
+        let planned = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                plan(config.scanner.index(), |p, is_dir| {
+                    config.scanner.skips(p, is_dir)
+                })
+            })
+            .await
+        };
+        let needs = match planned {
+            Ok(Ok(needs)) => needs,
+            Ok(Err(e)) => {
+                warn!(namespace = %config.name, "cannot plan: {e}");
+                Vec::new()
+            }
+            Err(_) => return,
+        };
+        if needs.is_empty() {
+            shared.update(|s| {
+                if s.state != SyncState::Retrying {
+                    s.state = SyncState::Idle;
+                }
+                s.files_left = 0;
+                s.bytes_left = 0;
+            });
+        } else {
+            let outcome = pull(&config, &shared, needs, &mut stop).await;
+            if *stop.borrow() {
+                return;
+            }
+            match outcome {
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    retry_at = None;
+                    shared.update(|s| {
+                        s.state = SyncState::Idle;
+                        s.error = None;
+                    });
+                    // Plan again at once: peers may have announced more meanwhile.
+                    continue;
+                }
+                Err(why) => {
+                    debug!(namespace = %config.name, "round left work undone: {why}; retrying in {backoff:?}");
+                    shared.update(|s| {
+                        s.state = SyncState::Retrying;
+                        s.error = Some(why);
+                    });
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            r = remote.changed() => if r.is_err() { return },
+            r = local.changed() => if r.is_err() { return },
+            () = retry => retry_at = None,
+        }
+        // Let a burst of changes arrive before planning again.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One round: every stage over the planned needs. `Err` says why some of the work was left.
+async fn pull(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    needs: Vec<Need>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let files = needs.iter().filter(|n| !n.version_only).count() as u64;
+    let bytes: u64 = needs.iter().map(Need::bytes).sum();
+    shared.bytes_done.store(0, Ordering::Relaxed);
+    *lock(&shared.round_started) = Some(Instant::now());
+    shared.update(|s| {
+        s.state = SyncState::Syncing;
+        s.files_left = files;
+        s.bytes_left = bytes;
+    });
+    if files > 0 {
+        info!(namespace = %config.name, files, mb = bytes / 1_000_000, "syncing");
+    }
+    let mut errors = Errors::default();
+    let (versions, rest): (Vec<Need>, Vec<Need>) = needs.into_iter().partition(|n| n.version_only);
+    let (deletions, rest): (Vec<Need>, Vec<Need>) =
+        rest.into_iter().partition(|n| n.target.deleted);
+    let (dirs, files): (Vec<Need>, Vec<Need>) =
+        rest.into_iter().partition(|n| n.target.kind == Kind::Dir);
+
+    if !versions.is_empty() {
+        errors.merge(blocking(config, move |c| record_versions(c, versions)).await);
+    }
+    if !dirs.is_empty() {
+        let n = dirs.len() as u64;
+        errors.merge(blocking(config, move |c| make_dirs(c, dirs)).await);
+        shared.update(|s| s.files_left = s.files_left.saturating_sub(n));
+    }
+    let mut group: Vec<Need> = Vec::new();
+    let mut group_bytes = 0;
+    let mut files = files.into_iter().peekable();
+    while let Some(need) = files.next() {
+        group_bytes += need.bytes();
+        group.push(need);
+        if group.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES || files.peek().is_none() {
+            let n = group.len() as u64;
+            let batch = std::mem::take(&mut group);
+            group_bytes = 0;
+            errors.merge(pull_group(config, shared, batch).await);
+            shared.update(|s| s.files_left = s.files_left.saturating_sub(n));
+            if *stop.borrow() {
+                return Err("stopping".into());
+            }
+        }
+    }
+    if !deletions.is_empty() {
+        let mut deletions = deletions;
+        // Children before their parents.
+        deletions.sort_by(|a, b| b.path.cmp(&a.path));
+        errors.merge(blocking(config, move |c| delete(c, deletions)).await);
+    }
+    errors.into_result()
+}
+
+/// Failures of a stage: how many, and the first reason.
+#[derive(Debug, Default)]
+struct Errors {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Errors {
+    fn add(&mut self, path: &str, why: impl std::fmt::Display) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(format!("{path}: {why}"));
+        }
+    }
+
+    fn merge(&mut self, other: Errors) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
+    fn into_result(self) -> Result<(), String> {
+        match (self.count, self.first) {
+            (0, _) => Ok(()),
+            (1, Some(first)) => Err(first),
+            (n, Some(first)) => Err(format!("{n} paths not synced yet; first: {first}")),
+            (n, None) => Err(format!("{n} paths not synced yet")),
+        }
+    }
+}
+
+async fn blocking(
+    config: &Arc<PullerConfig>,
+    f: impl FnOnce(&PullerConfig) -> Errors + Send + 'static,
+) -> Errors {
+    let config = config.clone();
+    match tokio::task::spawn_blocking(move || f(&config)).await {
+        Ok(errors) => errors,
+        Err(e) => {
+            let mut errors = Errors::default();
+            errors.add("(puller)", e);
+            errors
+        }
+    }
+}
+
+fn root(config: &PullerConfig) -> &Path {
+    config.scanner.root()
+}
+
+fn index(config: &PullerConfig) -> &Index {
+    config.scanner.index()
+}
+
+fn abs(root: &Path, path: &str) -> PathBuf {
+    root.join(path)
+}
+
+/// True when the disk and the index still hold at `path` what the plan saw.
+fn unchanged(config: &PullerConfig, need: &Need) -> bool {
+    let indexed = index(config).get(&need.path).ok().flatten();
+    if indexed.as_ref().map(|e| e.seq) != need.local.as_ref().map(|e| e.seq) {
+        return false;
+    }
+    let on_disk = fs::symlink_metadata(abs(root(config), &need.path));
+    match (&need.local, on_disk) {
+        (None, Err(e)) => e.kind() == io::ErrorKind::NotFound,
+        (Some(l), Err(e)) => l.deleted && e.kind() == io::ErrorKind::NotFound,
+        (None, Ok(_)) => false,
+        (Some(l), Ok(m)) => DiskStat::from_metadata(&m)
+            .is_some_and(|d| shoal_scan::scanner::unchanged(&d, &Stamp::from(l))),
+    }
+}
+
+/// The target entry as recorded after it was written: the disk's local stat.
+fn recorded(need: &Need, path: &Path) -> io::Result<Entry> {
+    let m = fs::symlink_metadata(path)?;
+    let d = DiskStat::from_metadata(&m)
+        .ok_or_else(|| io::Error::other("not a file, directory or symlink"))?;
+    let mut e = need.target.clone();
+    if d.kind != e.kind || (e.kind == Kind::File && d.size != e.size) {
+        return Err(io::Error::other("changed while it was being written"));
+    }
+    if d.mode != e.mode || d.mtime_ns != e.mtime_ns {
+        // The scanner would take the difference for a local edit; say why instead.
+        warn!(path = %path.display(), "the file system did not keep the mode or mtime exactly");
+    }
+    e.local = d.local;
+    Ok(e)
+}
+
+fn record_versions(config: &PullerConfig, needs: Vec<Need>) -> Errors {
+    let mut errors = Errors::default();
+    let _exclusive = config.scanner.exclusive();
+    let mut batch = index(config).batch();
+    for need in needs {
+        if unchanged(config, &need) {
+            batch.put(&need.path, need.target);
+        } else {
+            errors.add(&need.path, "changed locally meanwhile");
+        }
+    }
+    if let Err(e) = batch.commit() {
+        errors.add("(index)", e);
+    }
+    errors
+}
+
+fn make_dirs(config: &PullerConfig, needs: Vec<Need>) -> Errors {
+    let mut errors = Errors::default();
+    let root = root(config);
+    let _exclusive = config.scanner.exclusive();
+    let mut batch = index(config).batch();
+    let mut parents = BTreeSet::new();
+    for need in needs {
+        let path = abs(root, &need.path);
+        if !unchanged(config, &need) {
+            errors.add(&need.path, "changed locally meanwhile");
+            continue;
+        }
+        let result = (|| -> io::Result<Entry> {
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    set_aside(config, &need, &path)?;
+                    fs::create_dir(&path)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(parent) = path.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
+                    fs::create_dir(&path)?;
+                }
+                Err(e) => return Err(e),
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(need.target.mode))?;
+            recorded(&need, &path)
+        })();
+        match result {
+            Ok(entry) => {
+                batch.put(&need.path, entry);
+                parents.extend(path.parent().map(Path::to_path_buf));
+            }
+            Err(e) => errors.add(&need.path, e),
+        }
+    }
+    sync_dirs(&parents);
+    if let Err(e) = batch.commit() {
+        errors.add("(index)", e);
+    }
+    errors
+}
+
+/// The local file at `path` is about to be replaced: keep it as a conflict copy if it lost a
+/// conflict, else move it to the archive (or remove it).
+fn set_aside(config: &PullerConfig, need: &Need, path: &Path) -> io::Result<()> {
+    let Some(local) = need.local.as_ref().filter(|l| !l.deleted) else {
+        return Ok(());
+    };
+    if need.keep_local_as_conflict {
+        let name = conflict_name(&need.path, local.mtime_ns, local.modified_by);
+        let copy = abs(root(config), &name);
+        if fs::symlink_metadata(&copy).is_err() {
+            info!(namespace = %config.name, path = %need.path, copy = %name, "conflict: keeping this node's version as a copy");
+            fs::rename(path, &copy)?;
+            return Ok(());
+        }
+    }
+    match local.kind {
+        Kind::Dir => fs::remove_dir(path),
+        Kind::Symlink => fs::remove_file(path),
+        Kind::File if config.archive => archive(root(config), &need.path, path),
+        Kind::File => fs::remove_file(path),
+    }
+}
+
+/// Moves `path` (namespace-relative `rel`) into the archive, keeping older archived versions.
+fn archive(root: &Path, rel: &str, path: &Path) -> io::Result<()> {
+    let mut dest = root.join(ARCHIVE_DIR).join(rel);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if fs::symlink_metadata(&dest).is_ok() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut name = dest.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{stamp}"));
+        dest.set_file_name(name);
+    }
+    fs::rename(path, dest)
+}
+
+fn sync_dirs(dirs: &BTreeSet<PathBuf>) {
+    for d in dirs {
+        if let Ok(f) = File::open(d) {
+            let _ = f.sync_all();
+        }
+    }
+}
+
+/// A file or symlink assembled in its temporary file, ready to be renamed over its target.
+struct Ready {
+    need: Need,
+    temp: PathBuf,
+}
+
+/// Copier, fetcher and finisher for one group of files.
+async fn pull_group(config: &Arc<PullerConfig>, shared: &Arc<Shared>, group: Vec<Need>) -> Errors {
+    let mut errors = Errors::default();
+    let files = Arc::new(Semaphore::new(FILES_AT_ONCE));
+    let fetches = Arc::new(Semaphore::new(FETCHES_AT_ONCE));
+    let mut tasks = JoinSet::new();
+    for need in group {
+        let config = config.clone();
+        let shared = shared.clone();
+        let files = files.clone();
+        let fetches = fetches.clone();
+        tasks.spawn(async move {
+            let _permit = files.acquire_owned().await;
+            let path = need.path.clone();
+            assemble(&config, &shared, need, fetches)
+                .await
+                .map_err(|e| (path, e))
+        });
+    }
+    let mut ready = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(r)) => ready.push(r),
+            Ok(Err((path, why))) => errors.add(&path, why),
+            Err(e) => errors.add("(puller)", e),
+        }
+    }
+    if !ready.is_empty() {
+        let shared = shared.clone();
+        errors.merge(blocking(config, move |c| finish(c, &shared, ready)).await);
+    }
+    errors
+}
+
+/// The temporary file for `target`: hidden, in the same directory (so the rename is atomic),
+/// named after the content (so an interrupted download resumes into the same file).
+fn temp_path(path: &Path, hash: &Hash) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut short = name.as_str();
+    while short.len() > 120 {
+        let mut end = 120.min(short.len() - 1);
+        while !short.is_char_boundary(end) {
+            end -= 1;
+        }
+        short = &short[..end];
+    }
+    let hex = hash.to_hex();
+    path.with_file_name(format!("{TEMP_PREFIX}{short}.{}.tmp", &hex[..16]))
+}
+
+async fn assemble(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    need: Need,
+    fetches: Arc<Semaphore>,
+) -> Result<Ready, String> {
+    let path = abs(root(config), &need.path);
+    let temp = temp_path(&path, &need.target.hash);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("cannot create its directory: {e}"))?;
+    }
+    if need.target.kind == Kind::Symlink {
+        let link = need.target.target.clone().unwrap_or_default();
+        let _ = fs::remove_file(&temp);
+        symlink(&link, &temp).map_err(|e| format!("cannot create the symlink: {e}"))?;
+        set_mtime(&temp, need.target.mtime_ns).map_err(|e| e.to_string())?;
+        return Ok(Ready { need, temp });
+    }
+    // Copier: resume and local chunks, off the async threads.
+    let (file, missing) = {
+        let config = config.clone();
+        let shared = shared.clone();
+        let into = temp.clone();
+        let chunks: Vec<_> = need.target.chunks_with_offsets().collect();
+        tokio::task::spawn_blocking(move || copy_local(&config, &shared, &into, chunks))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?
+    };
+    // Fetcher: the rest from peers, verified.
+    if !missing.is_empty() {
+        if need.sources.is_empty() {
+            return Err("no peer announced this version".into());
+        }
+        let mut tasks = JoinSet::new();
+        for chunk in missing {
+            let source = config.source.clone();
+            let sources = need.sources.clone();
+            let file = file.clone();
+            let fetches = fetches.clone();
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                let _permit = fetches.acquire_owned().await;
+                let mut last = String::new();
+                for _ in 0..FETCH_ATTEMPTS {
+                    match source.fetch(chunk.hash, sources.clone()).await {
+                        Ok(bytes)
+                            if bytes.len() == chunk.len as usize
+                                && Hash::of(&bytes) == chunk.hash =>
+                        {
+                            file.write_all_at(&bytes, chunk.offset)
+                                .map_err(|e| format!("cannot write: {e}"))?;
+                            shared
+                                .fetched
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                            shared
+                                .bytes_done
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                        Ok(_) => last = "a peer sent a chunk that does not verify".into(),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(format!("chunk {}: {last}", &chunk.hash.to_hex()[..12]))
+            });
+        }
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.map_err(|e| e.to_string()).and_then(|r| r);
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+    let target = need.target.clone();
+    let temp2 = temp.clone();
+    tokio::task::spawn_blocking(move || -> io::Result<()> {
+        file.set_len(target.size)?;
+        file.set_permissions(fs::Permissions::from_mode(target.mode))?;
+        drop(file);
+        set_mtime(&temp2, target.mtime_ns)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot finish {}: {e}", temp.display()))?;
+    Ok(Ready { need, temp })
+}
+
+/// Opens (or creates) the temporary file and fills it with every chunk already there or
+/// available locally; returns the chunks still missing.
+fn copy_local(
+    config: &PullerConfig,
+    shared: &Shared,
+    temp: &Path,
+    chunks: Vec<shoal_core::chunk::Chunk>,
+) -> io::Result<(Arc<File>, Vec<shoal_core::chunk::Chunk>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(temp)?;
+    let have = file.metadata()?.len();
+    let mut missing = Vec::new();
+    let mut buf = Vec::new();
+    for chunk in chunks {
+        let len = chunk.len as usize;
+        buf.resize(len, 0);
+        let end = chunk.offset + u64::from(chunk.len);
+        if end <= have
+            && file.read_exact_at(&mut buf, chunk.offset).is_ok()
+            && Hash::of(&buf) == chunk.hash
+        {
+            shared.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
+            continue;
+        }
+        if read_local_chunk(config, &chunk.hash, &mut buf) {
+            file.write_all_at(&buf, chunk.offset)?;
+            shared.copied.fetch_add(len as u64, Ordering::Relaxed);
+            shared.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
+            continue;
+        }
+        missing.push(chunk);
+    }
+    Ok((Arc::new(file), missing))
+}
+
+/// Reads chunk `hash` from any local file that has it, verified, into `buf` (sized already).
+fn read_local_chunk(config: &PullerConfig, hash: &Hash, buf: &mut [u8]) -> bool {
+    let Ok(locations) = index(config).chunk_locations(hash) else {
+        return false;
+    };
+    for loc in locations {
+        if loc.len as usize != buf.len() {
+            continue;
+        }
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(abs(root(config), &loc.path))
+        else {
+            continue;
+        };
+        if f.read_exact_at(buf, loc.offset).is_ok() && Hash::of(buf) == *hash {
+            return true;
+        }
+    }
+    false
+}
+
+fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
+    let secs = mtime_ns.div_euclid(1_000_000_000);
+    let nanos = mtime_ns.rem_euclid(1_000_000_000);
+    let mtime = TimeSpec::new(secs, nanos);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
+}
+
+/// The finisher: durable data, then atomic replacement of every target that is still what the
+/// plan saw, then one index transaction.
+fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
+    let mut errors = Errors::default();
+    let root = root(config);
+    if let Ok(dir) = File::open(root) {
+        let _ = nix::unistd::syncfs(&dir);
+    }
+    let _exclusive = config.scanner.exclusive();
+    let mut batch = index(config).batch();
+    let mut parents = BTreeSet::new();
+    let mut pulled = 0;
+    let mut conflicts = 0;
+    for r in ready {
+        let path = abs(root, &r.need.path);
+        if !unchanged(config, &r.need) {
+            // A local edit since the plan: never clobbered. The scanner records it and the next
+            // round resolves the two versions (a conflict copy if they are concurrent).
+            errors.add(&r.need.path, "changed locally while it was being replaced");
+            continue;
+        }
+        let result = (|| -> io::Result<Entry> {
+            if r.need.local.as_ref().is_some_and(|l| !l.deleted) {
+                set_aside(config, &r.need, &path)?;
+            }
+            fs::rename(&r.temp, &path)?;
+            recorded(&r.need, &path)
+        })();
+        match result {
+            Ok(entry) => {
+                if r.need.keep_local_as_conflict {
+                    conflicts += 1;
+                }
+                pulled += 1;
+                batch.put(&r.need.path, entry);
+                parents.extend(path.parent().map(Path::to_path_buf));
+            }
+            Err(e) => errors.add(&r.need.path, e),
+        }
+    }
+    sync_dirs(&parents);
+    if let Err(e) = batch.commit() {
+        errors.add("(index)", e);
+    }
+    shared.update(|s| {
+        s.files_pulled += pulled;
+        s.conflicts += conflicts;
+    });
+    errors
+}
+
+fn delete(config: &PullerConfig, needs: Vec<Need>) -> Errors {
+    let mut errors = Errors::default();
+    let root = root(config);
+    let _exclusive = config.scanner.exclusive();
+    let mut batch = index(config).batch();
+    let mut parents = BTreeSet::new();
+    for need in needs {
+        if !unchanged(config, &need) {
+            errors.add(&need.path, "changed locally meanwhile");
+            continue;
+        }
+        let path = abs(root, &need.path);
+        let result = match &need.local {
+            Some(l) if !l.deleted => match l.kind {
+                Kind::File if config.archive => archive(root, &need.path, &path),
+                Kind::File | Kind::Symlink => fs::remove_file(&path),
+                Kind::Dir => fs::remove_dir(&path),
+            },
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let mut tombstone = need.target.clone();
+                tombstone.local = Default::default();
+                batch.put(&need.path, tombstone);
+                parents.extend(path.parent().map(Path::to_path_buf));
+            }
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                errors.add(
+                    &need.path,
+                    "deleted on a peer, but holds files this node does not sync (ignored?); kept",
+                );
+            }
+            Err(e) => errors.add(&need.path, e),
+        }
+    }
+    sync_dirs(&parents);
+    if let Err(e) = batch.commit() {
+        errors.add("(index)", e);
+    }
+    errors
+}

@@ -1,0 +1,342 @@
+//! Real daemons on loopback syncing a namespace: every test compares every file's content hash,
+//! mode and kind on every node, never just presence.
+#![allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Node, wait_until};
+
+const NS: &str = "shared";
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// What a path is, as compared between nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum What {
+    File { hash: String, mode: u32 },
+    Dir,
+    Link(String),
+}
+
+/// Every path under `dir` (leaving out `.sync/` and shoal's temporary files, which must never be
+/// visible under a real name anyway).
+fn tree(dir: &Path) -> BTreeMap<String, What> {
+    let mut out = BTreeMap::new();
+    walk(dir, "", &mut out);
+    out
+}
+
+fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, What>) {
+    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    // Files may come and go while a node syncs: what vanishes mid-walk is simply not there.
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if path == ".sync" || name.starts_with(".~shoal.") {
+            continue;
+        }
+        let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.file_type().is_symlink() {
+            let Ok(t) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            out.insert(path, What::Link(t.to_string_lossy().into_owned()));
+        } else if m.is_dir() {
+            out.insert(path.clone(), What::Dir);
+            walk(root, &path, out);
+        } else {
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            out.insert(
+                path,
+                What::File {
+                    hash: blake3::hash(&bytes).to_hex().to_string(),
+                    mode: m.permissions().mode() & 0o777,
+                },
+            );
+        }
+    }
+}
+
+/// Any temporary file left visible anywhere (there must be none once converged).
+fn temporaries(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".~shoal.") {
+                found.push(e.path().display().to_string());
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) && name != ".sync" {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    daemons: Vec<Option<Daemon>>,
+}
+
+impl Cluster {
+    /// `n` nodes sharing NS with one secret; node i>0 is given node 0's address.
+    fn new(n: usize, secret: &str) -> Cluster {
+        let mut nodes = Vec::new();
+        let mut daemons = Vec::new();
+        let mut seed = String::new();
+        for i in 0..n {
+            let mut node = Node::new();
+            if i > 0 {
+                node = node.env("SHOAL_PEERS", &seed);
+            }
+            let out = node.ctl(&["init", "--name", &format!("node-{i}")]);
+            assert!(out.status.success(), "{}", common::stderr(&out));
+            let out = node.ctl(&["add", "--secret", secret, NS]);
+            assert!(out.status.success(), "{}", common::stderr(&out));
+            let d = node.start_daemon(&[]);
+            if i == 0 {
+                seed = node.status_json()["listen"].as_str().unwrap().to_owned();
+            }
+            nodes.push(node);
+            daemons.push(Some(d));
+        }
+        Cluster { nodes, daemons }
+    }
+
+    fn dir(&self, i: usize) -> std::path::PathBuf {
+        self.nodes[i].data.join(NS)
+    }
+
+    /// Waits until every node's tree equals node `from`'s, and returns how long it took.
+    fn converge(&self, from: usize, what: &str) -> Duration {
+        let start = Instant::now();
+        let mut last = String::new();
+        let deadline = start + CONVERGE;
+        loop {
+            let want = tree(&self.dir(from));
+            let differing: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| i != from && tree(&self.dir(i)) != want)
+                .collect();
+            if differing.is_empty() {
+                for i in 0..self.nodes.len() {
+                    assert!(
+                        temporaries(&self.dir(i)).is_empty(),
+                        "node {i} shows temporaries"
+                    );
+                }
+                return start.elapsed();
+            }
+            if Instant::now() > deadline {
+                for &i in &differing {
+                    last += &format!(
+                        "\nnode {i}: {:?}\nwant: {want:?}\nstatus: {}\nlog:\n{}",
+                        tree(&self.dir(i)),
+                        self.nodes[i].status_json(),
+                        self.daemons[i]
+                            .as_ref()
+                            .map(Daemon::log)
+                            .unwrap_or_default()
+                    );
+                }
+                panic!("{what}: not converged after {CONVERGE:?}{last}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Reproducible incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn two_nodes_converge_on_every_kind_of_change() {
+    let c = Cluster::new(2, &shoal_secret());
+    let a = c.dir(0);
+    let b = c.dir(1);
+
+    // Create: small files, a multi-chunk file, nested and empty directories, a symlink.
+    write(&a.join("hello.txt"), b"hello");
+    write(&a.join("docs/deep/report.txt"), b"numbers");
+    write(&a.join("big.bin"), &noise(3 << 20, 1));
+    std::fs::create_dir_all(a.join("empty/dir")).unwrap();
+    symlink("docs/deep/report.txt", a.join("link")).unwrap();
+    c.converge(0, "create");
+
+    // Modify, append, truncate, chmod.
+    write(&a.join("hello.txt"), b"hello, world");
+    let mut big = noise(3 << 20, 1);
+    big[100] ^= 0xff;
+    big.extend_from_slice(b"appended");
+    write(&a.join("big.bin"), &big);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("docs/deep/report.txt"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    std::fs::set_permissions(a.join("hello.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.converge(0, "modify");
+
+    // Changes flow the other way too: rename, move between directories, delete, from B.
+    std::fs::rename(b.join("big.bin"), b.join("renamed.bin")).unwrap();
+    std::fs::rename(b.join("docs/deep/report.txt"), b.join("empty/report.txt")).unwrap();
+    std::fs::remove_file(b.join("link")).unwrap();
+    std::fs::remove_dir_all(b.join("docs")).unwrap();
+    c.converge(1, "rename, move, delete");
+    assert!(!a.join("docs").exists());
+    assert!(a.join("renamed.bin").exists());
+
+    // A deleted file went to the archive, not away.
+    let archived = a.join(".sync/Archive/link").exists()
+        || a.join(".sync/Archive/docs/deep/report.txt").exists()
+        || a.join(".sync/Archive/big.bin").exists();
+    assert!(archived, "nothing archived: {:?}", tree(&a.join(".sync")));
+}
+
+#[test]
+fn four_nodes_the_btsync_docker_scenario() {
+    // btsync.docker's test: 4 nodes, one secret, a 1 MiB file written on one is on all four.
+    let c = Cluster::new(4, common::MAKEFILE_SECRET);
+    write(&c.dir(2).join("test-file"), &noise(1 << 20, 7));
+    let took = c.converge(2, "1 MiB on four nodes");
+    eprintln!("1 MiB file on 4 nodes in {took:?}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    // Many small files from another node.
+    for i in 0..300 {
+        write(
+            &c.dir(3).join(format!("small/{i}.txt")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let took = c.converge(3, "300 small files on four nodes");
+    eprintln!("300 small files on 4 nodes in {took:?}");
+}
+
+#[test]
+fn concurrent_edits_give_one_winner_and_one_conflict_copy_everywhere() {
+    let c = Cluster::new(2, &shoal_secret());
+    write(&c.dir(0).join("notes.txt"), b"original");
+    c.converge(0, "original");
+    // Stop B, edit on both, start B again: the two edits are concurrent.
+    let mut c = c;
+    let mut d = c.daemons[1].take().unwrap();
+    d.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    write(&c.dir(0).join("notes.txt"), b"edited on A");
+    write(&c.dir(1).join("notes.txt"), b"edited on B, longer");
+    c.daemons[1] = Some(c.nodes[1].start_daemon(&[]));
+    c.converge(0, "conflict");
+    let t = tree(&c.dir(0));
+    let copies: Vec<&String> = t.keys().filter(|k| k.contains(".sync-conflict-")).collect();
+    assert_eq!(copies.len(), 1, "{t:?}");
+    let contents: Vec<Vec<u8>> = ["notes.txt", copies[0].as_str()]
+        .iter()
+        .map(|p| std::fs::read(c.dir(0).join(p)).unwrap())
+        .collect();
+    let mut got = contents.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [b"edited on A".to_vec(), b"edited on B, longer".to_vec()],
+        "both edits kept"
+    );
+}
+
+#[test]
+fn a_read_only_node_receives_but_never_propagates() {
+    let secret = shoal_secret();
+    let c = Cluster::new(2, &secret);
+    let ro = read_only(&c.nodes[0]);
+    let reader = Node::new().env(
+        "SHOAL_PEERS",
+        c.nodes[0].status_json()["listen"].as_str().unwrap(),
+    );
+    assert!(reader.ctl(&["add", "--secret", &ro, NS]).status.success());
+    let _dr = reader.start_daemon(&[]);
+    write(&c.dir(0).join("published.txt"), b"for everyone");
+    c.converge(0, "published");
+    let rdir = reader.data.join(NS);
+    wait_until(CONVERGE, "the reader receives the file", || {
+        tree(&rdir) == tree(&c.dir(0))
+    });
+    write(&rdir.join("sneaky.txt"), b"injected");
+    write(&rdir.join("published.txt"), b"tampered");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!c.dir(0).join("sneaky.txt").exists());
+    assert!(!c.dir(1).join("sneaky.txt").exists());
+    assert_eq!(
+        std::fs::read(c.dir(1).join("published.txt")).unwrap(),
+        b"for everyone"
+    );
+}
+
+#[test]
+fn a_node_killed_mid_transfer_resumes_with_no_partial_file() {
+    let c = Cluster::new(2, &shoal_secret());
+    let mut c = c;
+    let data = noise(96 << 20, 3);
+    write(&c.dir(0).join("large.bin"), &data);
+    // Kill B as soon as it has started on the file (its temporary exists), or after 2 s.
+    let start = Instant::now();
+    while temporaries(&c.dir(1)).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut d = c.daemons[1].take().unwrap();
+    d.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    // Never a partial file under the real name.
+    if let Ok(bytes) = std::fs::read(c.dir(1).join("large.bin")) {
+        assert_eq!(
+            blake3::hash(&bytes),
+            blake3::hash(&data),
+            "a torn file is visible"
+        );
+    }
+    c.daemons[1] = Some(c.nodes[1].start_daemon(&[]));
+    c.converge(0, "after a kill -9");
+}
+
+fn shoal_secret() -> String {
+    let n = Node::new();
+    let out = n.run(&["secret"]);
+    assert!(out.status.success());
+    common::stdout(&out).trim().to_owned()
+}
+
+fn read_only(node: &Node) -> String {
+    node.ctl_json(&["secret", NS])["read_only"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
