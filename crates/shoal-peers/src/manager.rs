@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::chunks::{self, FetchError};
+use crate::limit::RateLimit;
 use crate::record;
 
 /// Records per index message: keeps every message well under the frame limit.
@@ -84,6 +85,13 @@ pub struct PeerStatus {
     pub records_refused: u64,
 }
 
+/// The node's bandwidth limits, shared by every session.
+#[derive(Clone, Debug, Default)]
+struct Limits {
+    download: Arc<RateLimit>,
+    upload: Arc<RateLimit>,
+}
+
 enum Cmd {
     AddShare(Share, oneshot::Sender<()>),
     RemoveShare(ShareId, oneshot::Sender<()>),
@@ -120,6 +128,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Peers {
     tx: mpsc::Sender<Cmd>,
+    limits: Limits,
     local_addr: Option<SocketAddr>,
     node_id: NodeId,
 }
@@ -147,6 +156,7 @@ impl Peers {
             TlsSetup::new(&config.identity).map_err(|e| std::io::Error::other(e.to_string()))?;
         let node_id = config.identity.node_id();
         let (tx, rx) = mpsc::channel(256);
+        let limits = Limits::default();
         let hello = Hello {
             version: PROTOCOL_VERSION,
             node_id,
@@ -168,12 +178,14 @@ impl Peers {
             share_hosts: HashMap::new(),
             pending: HashMap::new(),
             next_request: 1,
+            limits: limits.clone(),
             serving: Arc::new(tokio::sync::Semaphore::new(chunks::MAX_SERVING)),
         };
         let handle = tokio::spawn(manager.run(rx, listener, stop, config.resolve_interval));
         Ok((
             Peers {
                 tx,
+                limits,
                 local_addr,
                 node_id,
             },
@@ -217,7 +229,15 @@ impl Peers {
         if self.tx.send(cmd).await.is_err() {
             return Err(FetchError::Stopped);
         }
-        rx.await.unwrap_or(Err(FetchError::Stopped))
+        let bytes = rx.await.unwrap_or(Err(FetchError::Stopped))?;
+        self.limits.download.take(bytes.len() as u64).await;
+        Ok(bytes)
+    }
+
+    /// Sets the node's bandwidth limits in kB/s (0: unlimited); applies at once to every transfer.
+    pub fn set_limits(&self, download_kbps: u64, upload_kbps: u64) {
+        self.limits.download.set_kbps(download_kbps);
+        self.limits.upload.set_kbps(upload_kbps);
     }
 
     /// The nodes connected and joined in `share` now.
@@ -317,6 +337,7 @@ struct Manager {
     share_hosts: HashMap<ShareId, Vec<String>>,
     pending: HashMap<u64, Pending>,
     next_request: u64,
+    limits: Limits,
     serving: Arc<tokio::sync::Semaphore>,
 }
 
@@ -430,6 +451,7 @@ impl Manager {
         let root = state.share.root.clone();
         let index = state.share.index.clone();
         let serving = self.serving.clone();
+        let upload = self.limits.upload.clone();
         tokio::spawn(async move {
             let Ok(_permit) = serving.acquire_owned().await else {
                 return;
@@ -437,7 +459,10 @@ impl Manager {
             let read =
                 tokio::task::spawn_blocking(move || chunks::read_local(&root, &index, &hash)).await;
             let answer = match read {
-                Ok(Some(bytes)) => Message::ChunkData { id, bytes },
+                Ok(Some(bytes)) => {
+                    upload.take(bytes.len() as u64).await;
+                    Message::ChunkData { id, bytes }
+                }
                 _ => Message::ChunkUnavailable { id },
             };
             let _ = conn.send(&answer).await;

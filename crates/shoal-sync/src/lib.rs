@@ -2,6 +2,7 @@
 //! [`puller`] brings it onto the disk — reusing local chunks first, fetching the rest from every
 //! peer that has them, and replacing files only atomically, durably, and never over a local edit.
 
+pub mod archive;
 pub mod plan;
 pub mod puller;
 

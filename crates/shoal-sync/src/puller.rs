@@ -2,7 +2,10 @@
 //!
 //! 1. **Versions**: paths whose content this node already has only get the resolved version.
 //! 2. **Directories**, parents first.
-//! 3. **Files and symlinks**, in groups (at most [`GROUP_FILES`] files or [`GROUP_BYTES`]):
+//! 3. **Files and symlinks**, in groups (at most [`GROUP_FILES`] files, [`GROUP_BYTES`] of large
+//!    files or [`GROUP_SMALL_BYTES`] of small ones). Small files (at most [`SMALL_FILE`]) are
+//!    gathered in memory and written one after another by one thread — far cheaper than a task
+//!    per file, and kinder to directory locks; large files are streamed to disk as below.
 //!    - *copier*: a temporary file `.~shoal.<name>.<hash>.tmp` in the target's directory is
 //!      filled with the chunks this node already has anywhere (a rename or a copy costs no
 //!      network), and with chunks a previous attempt already wrote (resume after a restart);
@@ -21,7 +24,7 @@
 //! with backoff; partial data stays in hidden temporary files and is never visible under the
 //! target's name.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -48,9 +51,13 @@ use tracing::{debug, info, warn};
 use crate::plan::{Need, plan};
 
 /// Files finished together (one `syncfs`, one index transaction).
-pub const GROUP_FILES: usize = 512;
+pub const GROUP_FILES: usize = 1024;
 /// Bytes assembled before a group is finished.
 pub const GROUP_BYTES: u64 = 256 << 20;
+/// Bytes of small files held in memory for one group.
+pub const GROUP_SMALL_BYTES: u64 = 16 << 20;
+/// Files up to this size are assembled in memory.
+pub const SMALL_FILE: u64 = 256 << 10;
 /// Files assembled at once.
 const FILES_AT_ONCE: usize = 32;
 /// Chunk requests in flight per namespace.
@@ -79,6 +86,8 @@ pub struct PullerConfig {
     pub source: Arc<dyn ChunkSource>,
     /// Move replaced and deleted files to `.sync/Archive/` (`use_sync_trash`).
     pub archive: bool,
+    /// How long archived files are kept (`sync_trash_ttl`).
+    pub archive_keep: Duration,
 }
 
 impl std::fmt::Debug for PullerConfig {
@@ -159,7 +168,9 @@ impl Puller {
     pub fn start(config: PullerConfig) -> Puller {
         let shared = Arc::new(Shared::default());
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(Arc::new(config), shared.clone(), stop_rx));
+        let config = Arc::new(config);
+        tokio::spawn(clean_archive(config.clone(), stop_rx.clone()));
+        let task = tokio::spawn(run(config, shared.clone(), stop_rx));
         Puller {
             shared,
             stop,
@@ -211,6 +222,28 @@ impl Shared {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often the archive is cleaned.
+const ARCHIVE_CLEANING: Duration = Duration::from_secs(3600);
+
+/// Cleans the archive now and every hour until stopped.
+async fn clean_archive(config: Arc<PullerConfig>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let dir = root(&config).join(ARCHIVE_DIR);
+        let keep = config.archive_keep;
+        match tokio::task::spawn_blocking(move || crate::archive::clean(&dir, keep)).await {
+            Ok(Ok(c)) if c.files > 0 => {
+                info!(namespace = %config.name, files = c.files, mb = c.bytes / 1_000_000, "archive cleaned");
+            }
+            Ok(Err(e)) => warn!(namespace = %config.name, "cannot clean the archive: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            () = tokio::time::sleep(ARCHIVE_CLEANING) => {}
+        }
+    }
 }
 
 /// Waits for changes (a peer's index, or ours), plans, pulls; retries what failed with backoff.
@@ -336,14 +369,24 @@ async fn pull(
     }
     let mut group: Vec<Need> = Vec::new();
     let mut group_bytes = 0;
+    let mut small_bytes = 0;
     let mut files = files.into_iter().peekable();
     while let Some(need) = files.next() {
-        group_bytes += need.bytes();
+        if is_small(&need) {
+            small_bytes += need.bytes();
+        } else {
+            group_bytes += need.bytes();
+        }
         group.push(need);
-        if group.len() >= GROUP_FILES || group_bytes >= GROUP_BYTES || files.peek().is_none() {
+        if group.len() >= GROUP_FILES
+            || group_bytes >= GROUP_BYTES
+            || small_bytes >= GROUP_SMALL_BYTES
+            || files.peek().is_none()
+        {
             let n = group.len() as u64;
             let batch = std::mem::take(&mut group);
             group_bytes = 0;
+            small_bytes = 0;
             errors.merge(pull_group(config, shared, batch).await);
             shared.update(|s| s.files_left = s.files_left.saturating_sub(n));
             if *stop.borrow() {
@@ -568,13 +611,24 @@ struct Ready {
     temp: PathBuf,
 }
 
+fn is_small(need: &Need) -> bool {
+    need.target.kind == Kind::Symlink || need.target.size <= SMALL_FILE
+}
+
 /// Copier, fetcher and finisher for one group of files.
 async fn pull_group(config: &Arc<PullerConfig>, shared: &Arc<Shared>, group: Vec<Need>) -> Errors {
     let mut errors = Errors::default();
-    let files = Arc::new(Semaphore::new(FILES_AT_ONCE));
     let fetches = Arc::new(Semaphore::new(FETCHES_AT_ONCE));
+    let (small, large): (Vec<Need>, Vec<Need>) = group.into_iter().partition(is_small);
+    let mut ready = Vec::new();
+    if !small.is_empty() {
+        let (r, e) = pull_small(config, shared, small, fetches.clone()).await;
+        ready.extend(r);
+        errors.merge(e);
+    }
+    let files = Arc::new(Semaphore::new(FILES_AT_ONCE));
     let mut tasks = JoinSet::new();
-    for need in group {
+    for need in large {
         let config = config.clone();
         let shared = shared.clone();
         let files = files.clone();
@@ -587,7 +641,6 @@ async fn pull_group(config: &Arc<PullerConfig>, shared: &Arc<Shared>, group: Vec
                 .map_err(|e| (path, e))
         });
     }
-    let mut ready = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(r)) => ready.push(r),
@@ -600,6 +653,167 @@ async fn pull_group(config: &Arc<PullerConfig>, shared: &Arc<Shared>, group: Vec
         errors.merge(blocking(config, move |c| finish(c, &shared, ready)).await);
     }
     errors
+}
+
+/// Small files: every chunk gathered in memory (local copies in one pass, the rest fetched all at
+/// once), then every temporary file written by one thread.
+async fn pull_small(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    needs: Vec<Need>,
+    fetches: Arc<Semaphore>,
+) -> (Vec<Ready>, Errors) {
+    let mut errors = Errors::default();
+    // Copier: what this node already has.
+    let wanted: Vec<(Hash, u32, Vec<PeerKey>)> = needs
+        .iter()
+        .flat_map(|n| {
+            n.target
+                .chunks
+                .iter()
+                .map(|c| (c.hash, c.len, n.sources.clone()))
+        })
+        .collect();
+    let gathered = {
+        let config = config.clone();
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut have: HashMap<Hash, Vec<u8>> = HashMap::new();
+            let mut missing: HashMap<Hash, (u32, Vec<PeerKey>)> = HashMap::new();
+            for (hash, len, sources) in wanted {
+                if have.contains_key(&hash) || missing.contains_key(&hash) {
+                    continue;
+                }
+                let mut buf = vec![0u8; len as usize];
+                if read_local_chunk(&config, &hash, &mut buf) {
+                    shared.copied.fetch_add(u64::from(len), Ordering::Relaxed);
+                    shared
+                        .bytes_done
+                        .fetch_add(u64::from(len), Ordering::Relaxed);
+                    have.insert(hash, buf);
+                } else {
+                    missing.insert(hash, (len, sources));
+                }
+            }
+            (have, missing)
+        })
+        .await
+    };
+    let Ok((mut have, missing)) = gathered else {
+        errors.add("(puller)", "the copier failed");
+        return (Vec::new(), errors);
+    };
+    // Fetcher: everything missing at once, bounded.
+    let mut tasks = JoinSet::new();
+    for (hash, (len, sources)) in missing {
+        let source = config.source.clone();
+        let fetches = fetches.clone();
+        tasks.spawn(async move {
+            let _permit = fetches.acquire_owned().await;
+            let mut last = String::from("no peer announced it");
+            for _ in 0..FETCH_ATTEMPTS {
+                if sources.is_empty() {
+                    break;
+                }
+                match source.fetch(hash, sources.clone()).await {
+                    Ok(bytes) if bytes.len() == len as usize && Hash::of(&bytes) == hash => {
+                        return (hash, Ok(bytes));
+                    }
+                    Ok(_) => last = "a peer sent a chunk that does not verify".into(),
+                    Err(e) => last = e,
+                }
+            }
+            (hash, Err(last))
+        });
+    }
+    let mut failed: HashMap<Hash, String> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((hash, Ok(bytes))) => {
+                shared
+                    .fetched
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                shared
+                    .bytes_done
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                have.insert(hash, bytes);
+            }
+            Ok((hash, Err(why))) => {
+                failed.insert(hash, why);
+            }
+            Err(e) => errors.add("(puller)", e),
+        }
+    }
+    // Writer: one thread, one file after another.
+    let config = config.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let mut ready = Vec::new();
+        let mut errors = Errors::default();
+        for need in needs {
+            if let Some(why) = need.target.chunks.iter().find_map(|c| failed.get(&c.hash)) {
+                errors.add(&need.path, why);
+                continue;
+            }
+            match write_small(&config, &need, &have) {
+                Ok(temp) => ready.push(Ready { need, temp }),
+                Err(e) => errors.add(&need.path, e),
+            }
+        }
+        (ready, errors)
+    })
+    .await;
+    match written {
+        Ok((ready, e)) => {
+            errors.merge(e);
+            (ready, errors)
+        }
+        Err(e) => {
+            errors.add("(puller)", e);
+            (Vec::new(), errors)
+        }
+    }
+}
+
+fn write_small(
+    config: &PullerConfig,
+    need: &Need,
+    have: &HashMap<Hash, Vec<u8>>,
+) -> io::Result<PathBuf> {
+    let path = abs(root(config), &need.path);
+    let temp = temp_path(&path, &need.target.hash);
+    if let Some(parent) = path.parent()
+        && !parent.is_dir()
+    {
+        fs::create_dir_all(parent)?;
+    }
+    if need.target.kind == Kind::Symlink {
+        let link = need.target.target.as_deref().unwrap_or_default();
+        if let Err(e) = symlink(link, &temp) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            fs::remove_file(&temp)?;
+            symlink(link, &temp)?;
+        }
+    } else {
+        // A leftover from an interrupted attempt is simply rewritten.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(need.target.mode)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&temp)?;
+        for c in &need.target.chunks {
+            let bytes = have
+                .get(&c.hash)
+                .ok_or_else(|| io::Error::other("a chunk went missing"))?;
+            io::Write::write_all(&mut file, bytes)?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(need.target.mode))?;
+    }
+    set_mtime(&temp, need.target.mtime_ns)?;
+    Ok(temp)
 }
 
 /// The temporary file for `target`: hidden, in the same directory (so the rename is atomic),

@@ -96,6 +96,11 @@ struct Cluster {
 impl Cluster {
     /// `n` nodes sharing NS with one secret; node i>0 is given node 0's address.
     fn new(n: usize, secret: &str) -> Cluster {
+        Cluster::with_init(n, secret, &[])
+    }
+
+    /// The same, with extra `ctl init` options for node 0.
+    fn with_init(n: usize, secret: &str, init0: &[&str]) -> Cluster {
         let mut nodes = Vec::new();
         let mut daemons = Vec::new();
         let mut seed = String::new();
@@ -104,7 +109,12 @@ impl Cluster {
             if i > 0 {
                 node = node.env("SHOAL_PEERS", &seed);
             }
-            let out = node.ctl(&["init", "--name", &format!("node-{i}")]);
+            let name = format!("node-{i}");
+            let mut init = vec!["init", "--name", name.as_str()];
+            if i == 0 {
+                init.extend_from_slice(init0);
+            }
+            let out = node.ctl(&init);
             assert!(out.status.success(), "{}", common::stderr(&out));
             let out = node.ctl(&["add", "--secret", secret, NS]);
             assert!(out.status.success(), "{}", common::stderr(&out));
@@ -325,6 +335,20 @@ fn a_node_killed_mid_transfer_resumes_with_no_partial_file() {
     }
     c.daemons[1] = Some(c.nodes[1].start_daemon(&[]));
     c.converge(0, "after a kill -9");
+}
+
+#[test]
+fn the_upload_limit_holds() {
+    // 1,000 kB/s out of node 0: 3 MB cannot arrive in much less than 3 s.
+    let c = Cluster::with_init(2, &shoal_secret(), &["--upload-limit", "1000"]);
+    let start = Instant::now();
+    write(&c.dir(0).join("paced.bin"), &noise(3_000_000, 9));
+    c.converge(0, "paced");
+    let took = start.elapsed();
+    assert!(
+        took > Duration::from_millis(2500),
+        "3 MB at 1,000 kB/s took only {took:?}"
+    );
 }
 
 fn shoal_secret() -> String {

@@ -196,6 +196,8 @@ impl Supervisor {
     }
 
     async fn apply(&mut self, config: &Config) {
+        self.peers
+            .set_limits(config.download_limit, config.upload_limit);
         self.device_name = match config.device_name.as_str() {
             "" => crate::ops::default_device_name(),
             name => name.to_owned(),
@@ -225,7 +227,8 @@ impl Supervisor {
         let rescan = config.folder_rescan_interval();
         for (name, folder) in wanted {
             if !self.running.contains_key(&name) {
-                self.start_namespace(name, folder, rescan).await;
+                self.start_namespace(name, folder, rescan, config.sync_trash_ttl())
+                    .await;
             }
         }
     }
@@ -235,6 +238,7 @@ impl Supervisor {
         name: NamespaceName,
         folder: &SharedFolder,
         rescan_interval: std::time::Duration,
+        archive_keep: std::time::Duration,
     ) {
         let dir = folder.dir.clone();
         let started = prepare_dir(&dir).and_then(|()| {
@@ -272,6 +276,7 @@ impl Supervisor {
                         share: folder.secret.share_id(),
                     }),
                     archive: folder.use_sync_trash(),
+                    archive_keep,
                 });
                 State::Running(Box::new(Running {
                     folder: running,
