@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use shoal_core::chunk::Hash;
 use shoal_core::secret::{Secret, ShareId};
-use shoal_index::Index;
+use shoal_index::{Entry, Index};
 use shoal_net::backoff::Backoff;
 use shoal_net::{
     Closed, Connection, Event, Hello, Message, NodeId, NodeIdentity, PROTOCOL_VERSION, Session,
@@ -877,8 +877,18 @@ impl Manager {
                     let mut refused = 0u64;
                     let mut why = None;
                     for r in &records {
-                        match record::open(r, &key) {
-                            Ok(entry) => accepted.push(entry),
+                        match record::open_batch(r, &key) {
+                            Ok(entries) => {
+                                for e in entries {
+                                    match e {
+                                        Ok(entry) => accepted.push(entry),
+                                        Err(e) => {
+                                            refused += 1;
+                                            why.get_or_insert(e);
+                                        }
+                                    }
+                                }
+                            }
                             Err(e) => {
                                 refused += 1;
                                 why.get_or_insert(e);
@@ -1090,31 +1100,59 @@ async fn push_index(
             }
             continue;
         }
-        let last = changes.last().map_or(sent, |(_, e)| e.seq);
-        let records: Vec<_> = changes
-            .iter()
-            .filter_map(|(path, entry)| record::sign(path, entry, &key))
-            .collect();
-        let n = records.len() as u64;
-        let message = if sent == 0 {
-            Message::IndexFull {
-                share_id: share,
-                seq: last,
-                records,
+        for batch in size_bounded(changes) {
+            let last = batch.last().map_or(sent, |(_, e)| e.seq);
+            let n = batch.len() as u64;
+            let records: Vec<_> = record::sign_batch(&batch, &key).into_iter().collect();
+            let message = if sent == 0 {
+                Message::IndexFull {
+                    share_id: share,
+                    seq: last,
+                    records,
+                }
+            } else {
+                Message::IndexUpdate {
+                    share_id: share,
+                    since_seq: sent,
+                    records,
+                }
+            };
+            if let Err(e) = conn.send(&message).await {
+                warn!("cannot send index records: {e}");
+                return;
             }
-        } else {
-            Message::IndexUpdate {
-                share_id: share,
-                since_seq: sent,
-                records,
-            }
-        };
-        if conn.send(&message).await.is_err() {
-            return;
+            let _ = tx.send(Cmd::Sent(session, share, n)).await;
+            sent = last;
         }
-        let _ = tx.send(Cmd::Sent(session, share, n)).await;
-        sent = last;
     }
+}
+
+/// Encoded bytes per index message, well under the frame limit.
+const INDEX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Splits changes into batches of at most about [`INDEX_MESSAGE_BYTES`] encoded (a single entry
+/// may exceed it: a file of ~100 GiB has a chunk list that large).
+fn size_bounded(changes: Vec<(String, Entry)>) -> Vec<Vec<(String, Entry)>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for (path, entry) in changes {
+        let size = 96
+            + path.len()
+            + entry.target.as_ref().map_or(0, String::len)
+            + entry.chunks.len() * 38
+            + entry.version.iter().count() * 20;
+        if !batch.is_empty() && bytes + size > INDEX_MESSAGE_BYTES {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push((path, entry));
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
 }
 
 /// The port dialed when a host entry names none (BitTorrent Sync's and btsync.docker's).

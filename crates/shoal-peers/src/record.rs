@@ -1,9 +1,11 @@
 //! Index entries as signed change records on the wire.
 //!
-//! A record is one path's entry, encoded with postcard and signed with the namespace's read-write
-//! key. Every receiver checks the signature against the verifying key it derives from its own
-//! secret, so a node holding only the read-only secret — which cannot sign — can never get a change
-//! accepted, and a node that forwards records cannot alter them.
+//! A record is a batch of entries (up to the 1,000 of one index message), encoded with postcard and
+//! signed once with the namespace's read-write key. Every receiver checks the signature against the
+//! verifying key it derives from its own secret, so a node holding only the read-only secret — which
+//! cannot sign — can never get a change accepted, and a node that forwards records cannot alter
+//! them. One signature per batch rather than per entry: verifying is ~50 µs, which per entry was
+//! a fifth of the CPU of syncing 10,000 small files.
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -44,8 +46,20 @@ pub enum Rejected {
     Inconsistent(String),
 }
 
+/// Signs one entry as a batch of one.
 pub fn sign(path: &str, entry: &Entry, key: &SigningKey) -> Option<SignedRecord> {
-    let wire = Wire {
+    sign_batch(&[(path.to_owned(), entry.clone())], key)
+}
+
+/// Signs a batch of entries as one record.
+pub fn sign_batch(entries: &[(String, Entry)], key: &SigningKey) -> Option<SignedRecord> {
+    let wire: Vec<Wire> = entries.iter().map(|(p, e)| to_wire(p, e)).collect();
+    let payload = postcard::to_allocvec(&wire).ok()?;
+    Some(SignedRecord::sign(payload, key))
+}
+
+fn to_wire(path: &str, entry: &Entry) -> Wire {
+    Wire {
         path: path.to_owned(),
         kind: entry.kind,
         deleted: entry.deleted,
@@ -58,15 +72,30 @@ pub fn sign(path: &str, entry: &Entry, key: &SigningKey) -> Option<SignedRecord>
         version: entry.version.clone(),
         modified_by: entry.modified_by,
         seq: entry.seq,
-    };
-    let payload = postcard::to_allocvec(&wire).ok()?;
-    Some(SignedRecord::sign(payload, key))
+    }
 }
 
-/// Verifies and decodes a record; the path is checked to stay inside the namespace.
+/// Verifies and decodes a record of one entry.
 pub fn open(record: &SignedRecord, key: &VerifyingKey) -> Result<(String, Entry), Rejected> {
+    let mut entries = open_batch(record, key)?;
+    match (entries.pop(), entries.is_empty()) {
+        (Some(one), true) => one,
+        _ => Err(Rejected::Decode),
+    }
+}
+
+/// One entry of a record: accepted (path, entry), or why not.
+pub type Opened = Result<(String, Entry), Rejected>;
+
+/// Verifies a record and decodes its entries, each checked on its own (a safe path inside the
+/// namespace, consistent fields). A bad signature or encoding refuses the whole record.
+pub fn open_batch(record: &SignedRecord, key: &VerifyingKey) -> Result<Vec<Opened>, Rejected> {
     record.verify(key)?;
-    let wire: Wire = postcard::from_bytes(&record.payload).map_err(|_| Rejected::Decode)?;
+    let wire: Vec<Wire> = postcard::from_bytes(&record.payload).map_err(|_| Rejected::Decode)?;
+    Ok(wire.into_iter().map(from_wire).collect())
+}
+
+fn from_wire(wire: Wire) -> Result<(String, Entry), Rejected> {
     if !safe_path(&wire.path) {
         return Err(Rejected::Path(wire.path));
     }
