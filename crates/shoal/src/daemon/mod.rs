@@ -13,6 +13,7 @@
 //! Shutdown (SIGTERM, SIGINT) cancels everything through one `watch` channel, waits for the tasks
 //! with a deadline well under the 5 s a container engine gives, then removes the socket and PID file.
 
+mod memory;
 mod server;
 mod supervisor;
 
@@ -67,6 +68,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .context("loading the node identity")?;
     info!(node = %identity.node_id(), "node identity");
 
+    memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("shoal")
@@ -110,6 +112,7 @@ async fn serve(
         supervisor.clone(),
         stop_rx.clone(),
     ));
+    tasks.spawn(memory::trim_periodically(stop_rx.clone()));
     tasks.spawn(supervisor::poll_config(
         settings.clone(),
         supervisor.clone(),
