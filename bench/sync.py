@@ -37,7 +37,8 @@ class Node:
                         CONFIG_PATH=os.path.join(self.base, "sync.conf"),
                         PID_PATH=os.path.join(self.base, "shoal.pid"),
                         STATE_PATH=os.path.join(self.base, "state"),
-                        SHOAL_LISTEN="127.0.0.1", SHOAL_SYNC_PORT="0", UID="0", GID="0")
+                        SHOAL_LISTEN="127.0.0.1", SHOAL_SYNC_PORT="0", SHOAL_LAN="off",
+                        UID="0", GID="0")
         if seed:
             self.env["SHOAL_PEERS"] = seed
         self.proc = None

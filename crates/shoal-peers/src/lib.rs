@@ -8,6 +8,7 @@
 //! namespace.
 
 pub mod chunks;
+pub mod lan;
 pub mod limit;
 pub mod manager;
 pub mod record;

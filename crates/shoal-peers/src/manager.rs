@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::chunks::{self, FetchError};
+use crate::lan::{self, LanConfig};
 use crate::limit::RateLimit;
 use crate::record;
 
@@ -51,6 +52,8 @@ pub struct PeersConfig {
     /// re-resolved every `resolve_interval`, and every address a name resolves to is dialed.
     pub static_peers: Vec<String>,
     pub resolve_interval: Duration,
+    /// LAN discovery by multicast (`search_lan`); `None` switches it off for the whole node.
+    pub lan: Option<LanConfig>,
 }
 
 /// A namespace as the peer layer sees it.
@@ -63,6 +66,8 @@ pub struct Share {
     pub index: Arc<Index>,
     /// This namespace's own `known_hosts`.
     pub known_hosts: Vec<String>,
+    /// Announce and look for this namespace on the LAN (`search_lan`).
+    pub search_lan: bool,
 }
 
 /// One peer of one namespace, as `ctl status` shows it.
@@ -179,8 +184,31 @@ impl Peers {
             pending: HashMap::new(),
             next_request: 1,
             limits: limits.clone(),
+            lan_shares: None,
             serving: Arc::new(tokio::sync::Semaphore::new(chunks::MAX_SERVING)),
         };
+        let (lan_shares, lan_rx) = watch::channel(Vec::new());
+        if let (Some(lan), Some(addr)) = (config.lan, local_addr) {
+            let (found_tx, mut found) = mpsc::channel(64);
+            tokio::spawn(lan::run(
+                lan,
+                node_id,
+                addr.port(),
+                lan_rx,
+                found_tx,
+                stop.clone(),
+            ));
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(addr) = found.recv().await {
+                    if tx.send(Cmd::Addresses(vec![addr])).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut manager = manager;
+        manager.lan_shares = Some(lan_shares);
         let handle = tokio::spawn(manager.run(rx, listener, stop, config.resolve_interval));
         Ok((
             Peers {
@@ -338,6 +366,8 @@ struct Manager {
     pending: HashMap<u64, Pending>,
     next_request: u64,
     limits: Limits,
+    /// The shares announced on the LAN.
+    lan_shares: Option<watch::Sender<Vec<ShareId>>>,
     serving: Arc<tokio::sync::Semaphore>,
 }
 
@@ -396,6 +426,19 @@ impl Manager {
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         for id in ids {
             self.drop_session(id, Some("node shutting down")).await;
+        }
+    }
+
+    /// Tells LAN discovery which shares to announce.
+    fn announce_lan(&self) {
+        if let Some(tx) = &self.lan_shares {
+            let shares: Vec<ShareId> = self
+                .shares
+                .iter()
+                .filter(|(_, st)| st.share.search_lan)
+                .map(|(id, _)| *id)
+                .collect();
+            tx.send_replace(shares);
         }
     }
 
@@ -529,6 +572,7 @@ impl Manager {
         match cmd {
             Cmd::AddShare(share, reply) => {
                 self.add_share(share).await;
+                self.announce_lan();
                 let _ = reply.send(());
             }
             Cmd::RemoveShare(id, reply) => {
@@ -542,6 +586,7 @@ impl Manager {
                     }
                 }
                 self.share_hosts.remove(&id);
+                self.announce_lan();
                 let _ = reply.send(());
             }
             Cmd::Fetch(fetch) => self.start_fetch(fetch),

@@ -212,6 +212,17 @@ pub struct Global {
         hide_env = true
     )]
     pub listen: Option<String>,
+    /// LAN discovery by multicast for namespaces with `search_lan` (the default) [env: SHOAL_LAN]
+    /// [default: on]. `off` switches it off for the whole node; an IPv4 address announces on that
+    /// interface only. Announcements use 239.192.83.72:55556 with TTL 1: they never leave the LAN.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_LAN",
+        value_name = "on|off|IP",
+        hide_env = true
+    )]
+    pub lan: Option<String>,
     /// Debug log filter, as btsync.docker: e.g. `btsync:ctl`, `shoal:*`, `shoal:daemon,-shoal:ctl`
     /// [env: DEBUG] [default: btsync:ctl]. RUST_LOG, when set, takes precedence.
     #[arg(

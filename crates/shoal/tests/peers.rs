@@ -182,3 +182,25 @@ fn shoal_secret() -> String {
         .expect("a read-write secret")
         .to_owned()
 }
+
+#[test]
+fn nodes_find_each_other_on_the_lan_without_any_address() {
+    // Multicast stays inside a network namespace this test creates.
+    let Some(ns) = common::NetNs::new("lan") else {
+        eprintln!("SKIPPED: creating a network namespace needs root");
+        return;
+    };
+    let mut nodes = Vec::new();
+    let mut daemons = Vec::new();
+    for name in ["lan-a", "lan-b"] {
+        let mut n = node(name).env("SHOAL_LAN", "127.0.0.1");
+        n.wrapper = ns.wrapper();
+        add(&n, "shared", SECRET);
+        daemons.push(n.start_daemon(&[]));
+        nodes.push(n);
+    }
+    wait_until(LONG, "A and B find each other by LAN announcements", || {
+        peer_names(&nodes[0], "shared") == ["lan-b"] && peer_names(&nodes[1], "shared") == ["lan-a"]
+    });
+    drop(daemons);
+}

@@ -183,7 +183,28 @@ fn peers_config(
         listen,
         static_peers,
         resolve_interval: Duration::from_secs(60),
+        lan: lan_config(settings.global.lan.as_deref())?,
     })
+}
+
+/// `--lan`/`SHOAL_LAN`: `on` (default), `off`, or the IPv4 address of the interface to use.
+fn lan_config(value: Option<&str>) -> anyhow::Result<Option<shoal_peers::lan::LanConfig>> {
+    let default = shoal_peers::lan::LanConfig::default();
+    match value.map(str::trim) {
+        None | Some("") | Some("on") | Some("true") | Some("1") => Ok(Some(default)),
+        Some("off") | Some("false") | Some("0") => Ok(None),
+        Some(ip) => {
+            let interface: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                crate::error::user_error(format!(
+                    "SHOAL_LAN/--lan: {ip:?} is not on, off or an IPv4 address"
+                ))
+            })?;
+            Ok(Some(shoal_peers::lan::LanConfig {
+                interface,
+                ..default
+            }))
+        }
+    }
 }
 
 /// Returns on SIGTERM or SIGINT; SIGHUP re-reads the config file at once.

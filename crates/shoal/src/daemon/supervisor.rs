@@ -266,6 +266,7 @@ impl Supervisor {
                         secret: folder.secret.clone(),
                         index: running.scanner().index().clone(),
                         known_hosts: folder.known_hosts().to_vec(),
+                        search_lan: folder.search_lan(),
                     })
                     .await;
                 let puller = Puller::start(PullerConfig {

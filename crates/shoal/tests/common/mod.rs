@@ -28,6 +28,7 @@ const SHOAL_ENV: &[&str] = &[
     "SHOAL_PEERS",
     "SHOAL_LISTEN",
     "SHOAL_SYNC_PORT",
+    "SHOAL_LAN",
 ];
 
 pub struct Node {
@@ -35,6 +36,8 @@ pub struct Node {
     pub data: PathBuf,
     pub host: PathBuf,
     pub extra_env: Vec<(String, String)>,
+    /// A command the binary runs under (e.g. `ip netns exec NAME`).
+    pub wrapper: Vec<String>,
 }
 
 impl Node {
@@ -46,6 +49,7 @@ impl Node {
             data,
             tmp,
             extra_env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -73,7 +77,14 @@ impl Node {
 
     /// The same binary run under another name (the `ctl` multicall).
     pub fn command_as(&self, program: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(program);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         for key in SHOAL_ENV {
             cmd.env_remove(key);
         }
@@ -87,6 +98,8 @@ impl Node {
             // Tests stay on loopback, each daemon on a port of its own.
             .env("SHOAL_LISTEN", "127.0.0.1")
             .env("SHOAL_SYNC_PORT", "0")
+            // No multicast outside loopback or namespaces the test creates.
+            .env("SHOAL_LAN", "off")
             .args(args)
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
@@ -251,4 +264,54 @@ pub fn assert_bad_input(out: &Output, mentions: &str) {
         !err.contains("panicked") && !err.contains("internal error"),
         "panic: {err}"
     );
+}
+
+/// A network namespace of our own with multicast on its loopback, removed when dropped. `None`
+/// when this process may not create one (not root).
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Option<NetNs> {
+        let name = format!("shoal-{tag}-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ok(&["netns", "add", &name]) {
+            return None;
+        }
+        let ns = NetNs { name };
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["link", "set", "lo", "multicast", "on"],
+            &["route", "add", "224.0.0.0/4", "dev", "lo"],
+        ] {
+            let mut all = vec!["netns", "exec", ns.name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            assert!(ok(&all), "ip {all:?}");
+        }
+        Some(ns)
+    }
+
+    /// The wrapper that runs a command inside the namespace.
+    pub fn wrapper(&self) -> Vec<String> {
+        ["ip", "netns", "exec", self.name.as_str()]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
