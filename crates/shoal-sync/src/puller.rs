@@ -356,8 +356,10 @@ async fn pull(
     let (versions, rest): (Vec<Need>, Vec<Need>) = needs.into_iter().partition(|n| n.version_only);
     let (deletions, rest): (Vec<Need>, Vec<Need>) =
         rest.into_iter().partition(|n| n.target.deleted);
-    let (dirs, files): (Vec<Need>, Vec<Need>) =
+    let (dirs, mut files): (Vec<Need>, Vec<Need>) =
         rest.into_iter().partition(|n| n.target.kind == Kind::Dir);
+    // Small files first: a huge file does not hold back everything behind it.
+    files.sort_by_key(|n| n.target.size);
 
     if !versions.is_empty() {
         errors.merge(blocking(config, move |c| record_versions(c, versions)).await);

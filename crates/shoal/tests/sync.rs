@@ -134,9 +134,13 @@ impl Cluster {
 
     /// Waits until every node's tree equals node `from`'s, and returns how long it took.
     fn converge(&self, from: usize, what: &str) -> Duration {
+        self.converge_within(from, what, CONVERGE)
+    }
+
+    fn converge_within(&self, from: usize, what: &str, limit: Duration) -> Duration {
         let start = Instant::now();
         let mut last = String::new();
-        let deadline = start + CONVERGE;
+        let deadline = start + limit;
         loop {
             let want = tree(&self.dir(from));
             let differing: Vec<usize> = (0..self.nodes.len())
@@ -163,7 +167,7 @@ impl Cluster {
                             .unwrap_or_default()
                     );
                 }
-                panic!("{what}: not converged after {CONVERGE:?}{last}");
+                panic!("{what}: not converged after {limit:?}{last}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -335,6 +339,32 @@ fn a_node_killed_mid_transfer_resumes_with_no_partial_file() {
     }
     c.daemons[1] = Some(c.nodes[1].start_daemon(&[]));
     c.converge(0, "after a kill -9");
+}
+
+#[test]
+fn a_node_offline_catches_up_with_ten_thousand_files_and_a_gigabyte() {
+    let mut c = Cluster::new(2, &shoal_secret());
+    let mut d = c.daemons[1].take().unwrap();
+    d.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    let a = c.dir(0);
+    for i in 0..10_000u64 {
+        let bytes = noise(4096, i + 1);
+        write(&a.join(format!("many/d{:03}/f{i:05}", i % 100)), &bytes);
+    }
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(a.join("gigabyte.bin")).unwrap();
+        for i in 0..1024u64 {
+            f.write_all(&noise(1 << 20, 1000 + i)).unwrap();
+        }
+    }
+    c.daemons[1] = Some(c.nodes[1].start_daemon(&[]));
+    let took = c.converge_within(
+        0,
+        "10,000 files and 1 GiB after being offline",
+        Duration::from_secs(240),
+    );
+    eprintln!("10,000 files and 1 GiB caught up in {took:?}");
 }
 
 #[test]
