@@ -599,7 +599,18 @@ fn archive(root: &Path, rel: &str, path: &Path) -> io::Result<()> {
     fs::rename(path, dest)
 }
 
+/// Makes the renames and removals in `dirs` durable: an fsync per directory when there are a few,
+/// one `syncfs` of the file system when there are many (one journal commit instead of one each;
+/// 100 directory fsyncs were a third of the time of a group of small files).
 fn sync_dirs(dirs: &BTreeSet<PathBuf>) {
+    const FSYNC_AT_MOST: usize = 4;
+    if dirs.len() > FSYNC_AT_MOST
+        && let Some(first) = dirs.iter().next()
+        && let Ok(f) = File::open(first)
+    {
+        let _ = nix::unistd::syncfs(&f);
+        return;
+    }
     for d in dirs {
         if let Ok(f) = File::open(d) {
             let _ = f.sync_all();
