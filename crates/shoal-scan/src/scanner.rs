@@ -176,7 +176,7 @@ impl Scanner {
         if !self.root.is_dir() {
             return Err(ScanError::RootMissing(self.root.clone()));
         }
-        self.scan_roots(&minimal_roots(paths))
+        self.scan_roots(&coalesce(minimal_roots(paths)))
     }
 
     /// Keeps scans out while held: for whoever else writes files into the namespace and records them
@@ -582,6 +582,34 @@ pub fn minimal_roots(paths: &[String]) -> Vec<String> {
         .filter(|p| !inside_another(p))
         .cloned()
         .collect()
+}
+
+/// Changed paths in one directory at which the directory is scanned instead of each path.
+const COALESCE_AT: usize = 32;
+
+/// Replaces many changed siblings by their directory: one walk and one index range read instead
+/// of one of each per path (after a peer's 10,000 files land, the watcher reports 10,000 paths).
+pub fn coalesce(roots: Vec<String>) -> Vec<String> {
+    let parent = |p: &str| p.rfind('/').map_or(String::new(), |i| p[..i].to_owned());
+    let mut per_parent: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in &roots {
+        *per_parent.entry(parent(r)).or_default() += 1;
+    }
+    if per_parent.values().all(|&n| n < COALESCE_AT) {
+        return roots;
+    }
+    let merged: Vec<String> = roots
+        .into_iter()
+        .map(|r| {
+            let p = parent(&r);
+            if per_parent.get(&p).is_some_and(|&n| n >= COALESCE_AT) {
+                p
+            } else {
+                r
+            }
+        })
+        .collect();
+    minimal_roots(&merged)
 }
 
 fn unix_secs() -> u64 {

@@ -279,6 +279,17 @@ fn minimal_roots_drop_nested_paths() {
 }
 
 #[test]
+fn many_changed_siblings_are_scanned_as_their_directory() {
+    let few: Vec<String> = (0..3).map(|i| format!("d/f{i}")).collect();
+    assert_eq!(shoal_scan::scanner::coalesce(few.clone()), few);
+    let mut many: Vec<String> = (0..40).map(|i| format!("d/e/f{i}")).collect();
+    many.push("other/x".into());
+    assert_eq!(shoal_scan::scanner::coalesce(many), ["d/e", "other/x"]);
+    let top: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    assert_eq!(shoal_scan::scanner::coalesce(top), [""]);
+}
+
+#[test]
 fn a_missing_root_is_an_error_not_a_mass_deletion() {
     let ns = Ns::new();
     ns.write("a", b"1");

@@ -17,7 +17,7 @@
 //!      is never clobbered: the file is left alone and the next round resolves it as a
 //!      conflict), the replaced file kept as a conflict copy or moved to the archive, the
 //!      temporary renamed over the target, the directories fsync'd, and the index updated in
-//!      one transaction.
+//!      one transaction. A group is finished while the next one is assembled.
 //! 4. **Deletions**, children first; deleted files go to the archive.
 //!
 //! Anything that fails (no peer has a chunk yet, disk full, a directory not empty) is retried
@@ -372,6 +372,7 @@ async fn pull(
     let mut group: Vec<Need> = Vec::new();
     let mut group_bytes = 0;
     let mut small_bytes = 0;
+    let mut finishing: Option<(JoinHandle<Errors>, u64)> = None;
     let mut files = files.into_iter().peekable();
     while let Some(need) = files.next() {
         if is_small(&need) {
@@ -389,12 +390,29 @@ async fn pull(
             let batch = std::mem::take(&mut group);
             group_bytes = 0;
             small_bytes = 0;
-            errors.merge(pull_group(config, shared, batch).await);
-            shared.update(|s| s.files_left = s.files_left.saturating_sub(n));
+            // Pipelined: this group is assembled while the previous one is being finished.
+            let (ready, e) = assemble_group(config, shared, batch).await;
+            errors.merge(e);
+            if let Some((previous, m)) = finishing.take() {
+                errors.merge(joined(previous.await));
+                shared.update(|s| s.files_left = s.files_left.saturating_sub(m));
+            }
+            let (config, shared2) = (config.clone(), shared.clone());
+            finishing = Some((
+                tokio::task::spawn_blocking(move || finish(&config, &shared2, ready)),
+                n,
+            ));
             if *stop.borrow() {
-                return Err("stopping".into());
+                break;
             }
         }
+    }
+    if let Some((last, m)) = finishing.take() {
+        errors.merge(joined(last.await));
+        shared.update(|s| s.files_left = s.files_left.saturating_sub(m));
+    }
+    if *stop.borrow() {
+        return Err("stopping".into());
     }
     if !deletions.is_empty() {
         let mut deletions = deletions;
@@ -628,8 +646,21 @@ fn is_small(need: &Need) -> bool {
     need.target.kind == Kind::Symlink || need.target.size <= SMALL_FILE
 }
 
-/// Copier, fetcher and finisher for one group of files.
-async fn pull_group(config: &Arc<PullerConfig>, shared: &Arc<Shared>, group: Vec<Need>) -> Errors {
+/// The result of a finisher run on the blocking pool.
+fn joined(result: Result<Errors, tokio::task::JoinError>) -> Errors {
+    result.unwrap_or_else(|e| {
+        let mut errors = Errors::default();
+        errors.add("(puller)", e);
+        errors
+    })
+}
+
+/// Copier and fetcher for one group of files: every file ready in its temporary, to be finished.
+async fn assemble_group(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    group: Vec<Need>,
+) -> (Vec<Ready>, Errors) {
     let mut errors = Errors::default();
     let fetches = Arc::new(Semaphore::new(FETCHES_AT_ONCE));
     let (small, large): (Vec<Need>, Vec<Need>) = group.into_iter().partition(is_small);
@@ -661,11 +692,7 @@ async fn pull_group(config: &Arc<PullerConfig>, shared: &Arc<Shared>, group: Vec
             Err(e) => errors.add("(puller)", e),
         }
     }
-    if !ready.is_empty() {
-        let shared = shared.clone();
-        errors.merge(blocking(config, move |c| finish(c, &shared, ready)).await);
-    }
-    errors
+    (ready, errors)
 }
 
 /// Small files: every chunk gathered in memory (local copies in one pass, the rest fetched all at
@@ -1022,6 +1049,9 @@ fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
 /// plan saw, then one index transaction.
 fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
     let mut errors = Errors::default();
+    if ready.is_empty() {
+        return errors;
+    }
     let root = root(config);
     if let Ok(dir) = File::open(root) {
         let _ = nix::unistd::syncfs(&dir);
