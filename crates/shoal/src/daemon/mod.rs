@@ -49,6 +49,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("securing {}", settings.state_path.display()))?;
     let lock = lock_state(&settings)?;
 
+    memory::limit_arenas();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shoal")
+        .build()
+        .context("starting the async runtime")?;
+    // Caught before the control socket exists: once `ctl` can reach the daemon, SIGTERM and SIGINT
+    // stop it cleanly instead of killing it with the default action.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::new()?
+    };
+
     let socket_path = settings.socket_path();
     // We hold the lock, so a socket file still there was left by a daemon that died.
     match std::fs::remove_file(&socket_path) {
@@ -68,13 +81,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .context("loading the node identity")?;
     info!(node = %identity.node_id(), "node identity");
 
-    memory::limit_arenas();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("shoal")
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(settings, config, listener, identity));
+    let result = runtime.block_on(serve(settings, config, listener, identity, signals));
     runtime.shutdown_timeout(Duration::from_millis(500));
     pid_file.remove();
     let _ = std::fs::remove_file(&socket_path);
@@ -87,6 +94,7 @@ async fn serve(
     config: shoal_config::Config,
     listener: std::os::unix::net::UnixListener,
     identity: shoal_net::NodeIdentity,
+    signals: Signals,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let device = shoal_core::version::DeviceId::from_node_id(&identity.node_id().0);
@@ -125,7 +133,7 @@ async fn serve(
         "shoal daemon started"
     );
 
-    wait_for_signal(&supervisor).await?;
+    signals.wait(&supervisor).await;
     info!("shutting down");
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -207,20 +215,34 @@ fn lan_config(value: Option<&str>) -> anyhow::Result<Option<shoal_peers::lan::La
     }
 }
 
-/// Returns on SIGTERM or SIGINT; SIGHUP re-reads the config file at once.
-async fn wait_for_signal(supervisor: &supervisor::Handle) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                info!("SIGHUP: re-reading the config file");
-                if let Err(e) = supervisor.reload().await {
-                    error!("{e:#}");
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment this is created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; SIGHUP re-reads the config file at once.
+    async fn wait(mut self, supervisor: &supervisor::Handle) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    info!("SIGHUP: re-reading the config file");
+                    if let Err(e) = supervisor.reload().await {
+                        error!("{e:#}");
+                    }
                 }
             }
         }
