@@ -26,7 +26,9 @@ check "image is at most 12 MB" test "$size" -le "$MAX_BYTES"
 check "docker run --rm $IMAGE --help" bash -c "docker run --rm '$IMAGE' --help | grep -q Usage"
 check "the image generates a secret" bash -c "docker run --rm '$IMAGE' secret | grep -Eq '^A[A-Z2-7]{32}$'"
 
-docker run -d --name "$NAME" "$IMAGE" bootstrap "$SECRET" testing >/dev/null
+# No network: this checks the image's interface, not sync; and LAN announcements must not reach
+# a docker network this test did not create.
+docker run -d --name "$NAME" --network none -e SHOAL_LAN=off "$IMAGE" bootstrap "$SECRET" testing >/dev/null
 ready() { for _ in $(seq 100); do docker exec "$NAME" ctl status >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 check "bootstrap starts the daemon" ready
 check "ctl list shows the bootstrapped namespace" bash -c "[ \"\$(docker exec $NAME ctl list)\" = testing ]"
