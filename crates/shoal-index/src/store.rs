@@ -363,6 +363,27 @@ impl Index {
         Ok(out)
     }
 
+    /// Reads chunk `hash` from wherever under `root` this index says it is, verified: a file may
+    /// have changed since it was indexed, and nobody must be handed bytes that are not the chunk.
+    /// Never follows a symlink. `None` when no location still holds it.
+    pub fn read_chunk(&self, root: &Path, hash: &Hash) -> Option<Vec<u8>> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        for loc in self.chunk_locations(hash).ok()? {
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(root.join(&loc.path))
+            else {
+                continue;
+            };
+            let mut buf = vec![0u8; loc.len as usize];
+            if file.read_exact_at(&mut buf, loc.offset).is_ok() && Hash::of(&buf) == *hash {
+                return Some(buf);
+            }
+        }
+        None
+    }
+
     /// The peers this index holds entries of.
     pub fn remote_peers(&self) -> Result<Vec<PeerKey>, IndexError> {
         let txn = self.db.begin_read()?;

@@ -108,7 +108,6 @@ enum Cmd {
     Sent(u64, ShareId, u64),
     Received(u64, ShareId, u64, u64),
     Fetch(Fetch),
-    Members(ShareId, oneshot::Sender<Vec<NodeId>>),
 }
 
 /// A request for one chunk of `share` from one of `sources`.
@@ -266,15 +265,6 @@ impl Peers {
     pub fn set_limits(&self, download_kbps: u64, upload_kbps: u64) {
         self.limits.download.set_kbps(download_kbps);
         self.limits.upload.set_kbps(upload_kbps);
-    }
-
-    /// The nodes connected and joined in `share` now.
-    pub async fn members(&self, share: ShareId) -> Vec<NodeId> {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Members(share, tx)).await.is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
     }
 
     pub async fn remove_share(&self, share: ShareId) {
@@ -499,8 +489,7 @@ impl Manager {
             let Ok(_permit) = serving.acquire_owned().await else {
                 return;
             };
-            let read =
-                tokio::task::spawn_blocking(move || chunks::read_local(&root, &index, &hash)).await;
+            let read = tokio::task::spawn_blocking(move || index.read_chunk(&root, &hash)).await;
             let answer = match read {
                 Ok(Some(bytes)) => {
                     upload.take(bytes.len() as u64).await;
@@ -590,15 +579,6 @@ impl Manager {
                 let _ = reply.send(());
             }
             Cmd::Fetch(fetch) => self.start_fetch(fetch),
-            Cmd::Members(share, reply) => {
-                let members = self.shares.get(&share).map_or_else(Vec::new, |st| {
-                    st.members
-                        .iter()
-                        .filter_map(|sid| self.sessions.get(sid).map(|s| s.peer))
-                        .collect()
-                });
-                let _ = reply.send(members);
-            }
             Cmd::Status(reply) => {
                 let _ = reply.send(self.status());
             }

@@ -46,11 +46,6 @@ pub enum Rejected {
     Inconsistent(String),
 }
 
-/// Signs one entry as a batch of one.
-pub fn sign(path: &str, entry: &Entry, key: &SigningKey) -> Option<SignedRecord> {
-    sign_batch(&[(path.to_owned(), entry.clone())], key)
-}
-
 /// Signs a batch of entries as one record.
 pub fn sign_batch(entries: &[(String, Entry)], key: &SigningKey) -> Option<SignedRecord> {
     let wire: Vec<Wire> = entries.iter().map(|(p, e)| to_wire(p, e)).collect();
@@ -72,15 +67,6 @@ fn to_wire(path: &str, entry: &Entry) -> Wire {
         version: entry.version.clone(),
         modified_by: entry.modified_by,
         seq: entry.seq,
-    }
-}
-
-/// Verifies and decodes a record of one entry.
-pub fn open(record: &SignedRecord, key: &VerifyingKey) -> Result<(String, Entry), Rejected> {
-    let mut entries = open_batch(record, key)?;
-    match (entries.pop(), entries.is_empty()) {
-        (Some(one), true) => one,
-        _ => Err(Rejected::Decode),
     }
 }
 
@@ -142,6 +128,19 @@ pub fn safe_path(path: &str) -> bool {
 #[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
 mod tests {
     use super::*;
+
+    fn sign(path: &str, entry: &Entry, key: &SigningKey) -> Option<SignedRecord> {
+        sign_batch(&[(path.to_owned(), entry.clone())], key)
+    }
+
+    /// Opens a record of one entry.
+    fn open(record: &SignedRecord, key: &VerifyingKey) -> Result<(String, Entry), Rejected> {
+        let mut entries = open_batch(record, key)?;
+        match (entries.pop(), entries.is_empty()) {
+            (Some(one), true) => one,
+            _ => Err(Rejected::Decode),
+        }
+    }
     use shoal_core::secret::ReadWriteSecret;
 
     fn entry() -> Entry {

@@ -15,4 +15,4 @@ pub mod walk;
 
 pub use folder::{Folder, FolderOptions, FolderState, FolderStatus};
 pub use progress::{Progress, ProgressSnapshot};
-pub use scanner::{IGNORE_FILE, ScanError, ScanReport, Scanner, minimal_roots};
+pub use scanner::{IGNORE_FILE, ScanError, ScanReport, Scanner, minimal_roots, release_memory};

@@ -618,9 +618,10 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A full scan allocates in proportion to the folder (the walk's listing, the diff); glibc keeps
-/// freed memory for reuse, so without this a node at rest would hold its peak. Give it back.
-fn release_memory() {
+/// Returns free heap memory to the system. A full scan allocates in proportion to the folder (the
+/// walk's listing, the diff) and glibc keeps freed memory for reuse, so without this a node at rest
+/// would hold its peak; the daemon also calls it periodically after sync bursts.
+pub fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code, reason = "malloc_trim has no safe wrapper")]
     // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the system.

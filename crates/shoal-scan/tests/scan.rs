@@ -474,11 +474,14 @@ fn the_watcher_records_changes_as_they_happen() {
     std::fs::write(root.join("skip.me"), b"s").unwrap();
     wait_for("skip.me", || index.get("skip.me").unwrap().is_some());
     std::fs::write(root.join(".sync/IgnoreList"), b"*.later\n").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Events are handled in order: once a file written after the list is recorded, the list has
+    // been reloaded.
+    std::fs::write(root.join("probe.txt"), b"p").unwrap();
+    wait_for("probe.txt", || index.get("probe.txt").unwrap().is_some());
     std::fs::write(root.join("x.later"), b"l").unwrap();
     std::fs::write(root.join("y.now"), b"n").unwrap();
+    // x.later's event came first, so it has been judged once y.now is recorded.
     wait_for("y.now", || index.get("y.now").unwrap().is_some());
-    std::thread::sleep(Duration::from_millis(100));
     assert!(index.get("x.later").unwrap().is_none());
     folder.stop();
 }

@@ -460,14 +460,7 @@ async fn blocking(
     f: impl FnOnce(&PullerConfig) -> Errors + Send + 'static,
 ) -> Errors {
     let config = config.clone();
-    match tokio::task::spawn_blocking(move || f(&config)).await {
-        Ok(errors) => errors,
-        Err(e) => {
-            let mut errors = Errors::default();
-            errors.add("(puller)", e);
-            errors
-        }
-    }
+    joined(tokio::task::spawn_blocking(move || f(&config)).await)
 }
 
 fn root(config: &PullerConfig) -> &Path {
@@ -724,8 +717,7 @@ async fn pull_small(
                 if have.contains_key(&hash) || missing.contains_key(&hash) {
                     continue;
                 }
-                let mut buf = vec![0u8; len as usize];
-                if read_local_chunk(&config, &hash, &mut buf) {
+                if let Some(buf) = index(&config).read_chunk(root(&config), &hash) {
                     shared.copied.fetch_add(u64::from(len), Ordering::Relaxed);
                     shared
                         .bytes_done
@@ -997,8 +989,8 @@ fn copy_local(
             shared.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
             continue;
         }
-        if read_local_chunk(config, &chunk.hash, &mut buf) {
-            file.write_all_at(&buf, chunk.offset)?;
+        if let Some(bytes) = index(config).read_chunk(root(config), &chunk.hash) {
+            file.write_all_at(&bytes, chunk.offset)?;
             shared.copied.fetch_add(len as u64, Ordering::Relaxed);
             shared.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
             continue;
@@ -1006,29 +998,6 @@ fn copy_local(
         missing.push(chunk);
     }
     Ok((Arc::new(file), missing))
-}
-
-/// Reads chunk `hash` from any local file that has it, verified, into `buf` (sized already).
-fn read_local_chunk(config: &PullerConfig, hash: &Hash, buf: &mut [u8]) -> bool {
-    let Ok(locations) = index(config).chunk_locations(hash) else {
-        return false;
-    };
-    for loc in locations {
-        if loc.len as usize != buf.len() {
-            continue;
-        }
-        let Ok(f) = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(abs(root(config), &loc.path))
-        else {
-            continue;
-        };
-        if f.read_exact_at(buf, loc.offset).is_ok() && Hash::of(buf) == *hash {
-            return true;
-        }
-    }
-    false
 }
 
 fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {

@@ -27,6 +27,17 @@ fn peers(node: &Node, ns: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Files in the index of namespace `ns`, as `ctl status --json` shows them.
+fn indexed_files(node: &Node, ns: &str) -> u64 {
+    node.status_json()["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .find(|n| n["name"] == ns)
+        .and_then(|n| n["index"]["counts"]["files"].as_u64())
+        .unwrap_or(0)
+}
+
 /// The connected peers' device names, sorted.
 fn peer_names(node: &Node, ns: &str) -> Vec<String> {
     let mut names: Vec<String> = peers(node, ns)
@@ -141,7 +152,15 @@ fn a_wrong_secret_is_refused_and_a_read_only_one_receives_only() {
 
     // A change on the read-only node is never taken by anyone.
     std::fs::write(reader.data.join("docs/sneaky.txt"), b"injected").expect("write sneaky.txt");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(LONG, "the reader records its own change", || {
+        indexed_files(&reader, "docs") >= 2
+    });
+    // Then a change from the owner makes the round trip: the session was live, in both
+    // directions, after the reader had its change to offer.
+    std::fs::write(a.data.join("docs/marker.txt"), b"m").expect("write marker.txt");
+    wait_until(LONG, "the owner's next change reaches the reader", || {
+        reader.data.join("docs/marker.txt").exists()
+    });
     let from_reader = peers(&a, "docs");
     let from_reader = from_reader
         .iter()

@@ -307,7 +307,17 @@ fn a_read_only_node_receives_but_never_propagates() {
     });
     write(&rdir.join("sneaky.txt"), b"injected");
     write(&rdir.join("published.txt"), b"tampered");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(CONVERGE, "the reader records its own changes", || {
+        reader.status_json()["namespaces"][0]["index"]["counts"]["files"] == 2
+            && reader.status_json()["namespaces"][0]["index"]["max_seq"].as_u64() >= Some(3)
+    });
+    // A later change from node 0 reaches everyone, the reader included: the links were live after
+    // the reader had its changes to offer, and nobody took them.
+    write(&c.dir(0).join("marker.txt"), b"m");
+    c.converge(0, "the marker");
+    wait_until(CONVERGE, "the marker reaches the reader", || {
+        rdir.join("marker.txt").exists()
+    });
     assert!(!c.dir(0).join("sneaky.txt").exists());
     assert!(!c.dir(1).join("sneaky.txt").exists());
     assert_eq!(

@@ -23,23 +23,13 @@ pub fn limit_arenas() {
     }
 }
 
-/// Returns free heap memory to the system.
-pub fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code, reason = "malloc_trim has no safe wrapper")]
-    // SAFETY: malloc_trim takes no pointers; it only releases free pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Trims every [`TRIM_EVERY`] until stopped.
 pub async fn trim_periodically(mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
             () = tokio::time::sleep(TRIM_EVERY) => {
-                let _ = tokio::task::spawn_blocking(trim).await;
+                let _ = tokio::task::spawn_blocking(shoal_scan::release_memory).await;
             }
         }
     }
