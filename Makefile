@@ -1,6 +1,7 @@
 # shoal — developer entry points. `make node` runs a node from source with no set-up; `make check`
 # runs what CI runs; `make build` builds the Docker image (FROM scratch, the static binary only);
-# `make run` / `make run-bootstrap` run it as btsync.docker's did.
+# `make run` / `make run-bootstrap` run it as btsync.docker's did; `make test` builds it, starts four
+# containers on a network of their own and harasses them until they converge (tests/cluster.py).
 
 DATA ?= $(CURDIR)/shoal-data
 # The environment a local node runs with: everything under $(DATA), as the current user.
@@ -15,7 +16,7 @@ CONTEXT := target/image
 # -it only when there is a terminal, so the targets also work from scripts.
 TTY = $$(test -t 0 && echo -it)
 
-.PHONY: node ctl check static build run run-bootstrap shell
+.PHONY: node ctl check static build run run-bootstrap shell test
 node:
 	cargo build --release --locked
 	$(LOCAL_ENV) ./target/release/shoal daemon
@@ -46,6 +47,11 @@ run: build
 
 run-bootstrap: build
 	docker run --rm $(TTY) --name shoal $(IMAGE):$(TAG) bootstrap A22QYMGFPY3EVHZY2OWU6HR3ZLXEZBT54 default
+
+# btsync.docker's `make test`: the image, four containers, every scenario (prints PASS/FAIL per
+# scenario with its convergence time; removes everything it created, pass or fail).
+test:
+	python3 tests/cluster.py
 
 # btsync.docker had `make run-bash`; a FROM scratch image has no shell to run.
 shell:

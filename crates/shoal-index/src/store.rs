@@ -115,6 +115,9 @@ impl Index {
                 source,
             })?;
         }
+        if !path.exists() {
+            Self::create(path, share)?;
+        }
         let db = open_db(path)?;
         match read_share(&db)? {
             Some(existing) if existing != share.0 => {
@@ -127,11 +130,39 @@ impl Index {
                     path: path.to_owned(),
                     source,
                 })?;
-                let db = open_db(path)?;
-                Self::init(db, path, share)
+                Self::create(path, share)?;
+                Self::init(open_db(path)?, path, share)
             }
             _ => Self::init(db, path, share),
         }
+    }
+
+    /// Creates a new index beside `path` and renames it into place once initialised: a daemon
+    /// killed while creating it leaves no half-made file that would refuse to open on restart.
+    fn create(path: &Path, share: &ShareId) -> Result<(), IndexError> {
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |source| IndexError::Io { path: p, source }
+        };
+        let name = path
+            .file_name()
+            .map_or_else(|| "index".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.new"));
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+            _ => {}
+        }
+        drop(Self::init(open_db(&tmp)?, &tmp, share)?);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io(parent))?;
+        }
+        Ok(())
     }
 
     fn init(db: Database, path: &Path, share: &ShareId) -> Result<Index, IndexError> {

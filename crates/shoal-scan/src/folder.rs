@@ -76,6 +76,18 @@ enum Msg {
     Stop,
 }
 
+/// Asks a folder to scan paths now; see [`Folder::scan_requests`].
+#[derive(Debug)]
+pub struct ScanRequests {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl ScanRequests {
+    pub fn scan(&self, paths: Vec<String>) {
+        let _ = self.tx.send(Msg::Scan(paths));
+    }
+}
+
 /// A running folder thread. Dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub struct Folder {
@@ -121,6 +133,13 @@ impl Folder {
     /// Asks for these namespace-relative paths to be scanned now (e.g. written over NFS).
     pub fn scan(&self, paths: Vec<String>) {
         let _ = self.tx.send(Msg::Scan(paths));
+    }
+
+    /// A handle that asks for scans from elsewhere (the NFS server); harmless once the folder stops.
+    pub fn scan_requests(&self) -> ScanRequests {
+        ScanRequests {
+            tx: self.tx.clone(),
+        }
     }
 
     pub fn scan_all(&self) {

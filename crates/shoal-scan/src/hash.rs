@@ -23,6 +23,9 @@ const READ_SIZE: usize = 1 << 20;
 /// How many times a file that changed while being read is read again before giving up for now.
 const ATTEMPTS: usize = 3;
 
+/// While reading, the file is stat'ed again every this many reads (16 MiB).
+const CHECK_EVERY: u32 = 16;
+
 #[derive(Debug)]
 pub enum Hashed {
     Done {
@@ -40,7 +43,7 @@ pub enum Hashed {
 
 pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Result<Hashed> {
     let mut buf = Vec::new();
-    for _ in 0..ATTEMPTS {
+    'attempts: for _ in 0..ATTEMPTS {
         let mut file = match File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -61,9 +64,18 @@ pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Resu
         }
         let mut hasher = ChunkHasher::new();
         let mut total = 0u64;
+        let mut reads = 0u32;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(Hashed::Stopped);
+            }
+            // A file still being written (a large copy, an NFS client streaming) is noticed within
+            // CHECK_EVERY reads instead of after reading all of it, three times over.
+            reads += 1;
+            if reads.is_multiple_of(CHECK_EVERY)
+                && DiskStat::from_metadata(&file.metadata()?) != Some(before)
+            {
+                continue 'attempts;
             }
             let n = match file.read(&mut buf) {
                 Ok(0) => break,

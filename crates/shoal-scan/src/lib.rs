@@ -13,6 +13,6 @@ pub mod progress;
 pub mod scanner;
 pub mod walk;
 
-pub use folder::{Folder, FolderOptions, FolderState, FolderStatus};
+pub use folder::{Folder, FolderOptions, FolderState, FolderStatus, ScanRequests};
 pub use progress::{Progress, ProgressSnapshot};
 pub use scanner::{IGNORE_FILE, ScanError, ScanReport, Scanner, minimal_roots, release_memory};

@@ -381,7 +381,8 @@ fn kill_9_during_a_scan_leaves_a_consistent_index() {
     for b in 0..4u8 {
         std::fs::write(root.join(format!("big{b}")), vec![b; 24 << 20]).unwrap();
     }
-    for delay_ms in [60u64, 250, 700] {
+    // The short delays kill the child while it creates the index file.
+    for delay_ms in [5u64, 20, 60, 250, 700] {
         // Change something between rounds so every round has work to do.
         std::fs::write(root.join(format!("d0/round{delay_ms}")), b"r").unwrap();
         std::fs::remove_file(root.join(format!("d1/f{}", delay_ms % 100))).unwrap();

@@ -5,6 +5,8 @@
 pub mod archive;
 pub mod plan;
 pub mod puller;
+pub mod space;
 
 pub use plan::{Need, plan};
 pub use puller::{ChunkSource, Puller, PullerConfig, SyncState, SyncStatus};
+pub use space::DiskFull;

@@ -20,11 +20,18 @@
 //!      one transaction. A group is finished while the next one is assembled.
 //! 4. **Deletions**, children first; deleted files go to the archive.
 //!
-//! Anything that fails (no peer has a chunk yet, disk full, a directory not empty) is retried
-//! with backoff; partial data stays in hidden temporary files and is never visible under the
-//! target's name.
+//! Anything that fails (no peer has a chunk yet, a directory not empty) is retried with backoff;
+//! partial data stays in hidden temporary files and is never visible under the target's name.
+//!
+//! A full disk is not retried blindly: before a group is assembled every file is checked to fit
+//! (what its temporary does not hold yet, keeping [`space::margin`] free), and `ENOSPC`/`EDQUOT`
+//! from the copier, fetcher or finisher is recognised. Either way the namespace is
+//! [`SyncState::Paused`] with the reason ([`DiskFull`]), the free space is polled every
+//! [`SPACE_POLL`], and the round is planned again as soon as the smallest file left fits.
+//! Temporaries of wanted content are kept (resuming must not fetch them again); only
+//! temporaries of content no longer wanted are deleted then (see [`remove_stale_temporaries`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -49,6 +56,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::plan::{Need, plan};
+use crate::space::{self, DiskFull};
 
 /// Files finished together (one `syncfs`, one index transaction).
 pub const GROUP_FILES: usize = 1024;
@@ -64,6 +72,14 @@ const FILES_AT_ONCE: usize = 32;
 const FETCHES_AT_ONCE: usize = 64;
 /// Attempts per chunk before the file is left for the next round.
 const FETCH_ATTEMPTS: usize = 3;
+/// How often the free space is looked at while paused for a full disk.
+pub const SPACE_POLL: Duration = Duration::from_secs(2);
+/// Paused for a full disk, the round is tried again after this even if the free space did not
+/// seem to change (a quota, `EDQUOT`, is not visible in the file system's free space).
+const PAUSED_RETRY: Duration = Duration::from_secs(60);
+/// What a directory, a rename or an index transaction that failed for want of space is taken to
+/// need (the file system does not say).
+const METADATA_BYTES: u64 = 64 << 10;
 /// Where replaced and deleted files are kept (BitTorrent Sync's `.sync/Archive`).
 pub const ARCHIVE_DIR: &str = ".sync/Archive";
 
@@ -107,6 +123,9 @@ pub enum SyncState {
     Syncing,
     /// The last round left work undone (see `error`); it is retried.
     Retrying,
+    /// The disk holding the namespace is full (see `disk_full`): nothing more is written until
+    /// there is room again, which is polled for; then syncing resumes by itself.
+    Paused,
 }
 
 /// What the puller is doing, for `ctl status`.
@@ -127,6 +146,8 @@ pub struct SyncStatus {
     pub conflicts: u64,
     /// Why the last round left work undone.
     pub error: Option<String>,
+    /// Set while paused for a full disk: how much is needed, how much is free, where.
+    pub disk_full: Option<DiskFull>,
 }
 
 impl Default for SyncStatus {
@@ -142,6 +163,7 @@ impl Default for SyncStatus {
             files_pulled: 0,
             conflicts: 0,
             error: None,
+            disk_full: None,
         }
     }
 }
@@ -161,6 +183,9 @@ struct Shared {
     bytes_done: AtomicU64,
     fetched: AtomicU64,
     copied: AtomicU64,
+    /// Temporary files this puller may have left on disk (a failed or refused round keeps them
+    /// to resume into). Those no plan needs any more are removed before the next round.
+    temps: Mutex<HashSet<PathBuf>>,
 }
 
 impl Puller {
@@ -253,6 +278,7 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
     let mut local = index.subscribe();
     let mut backoff = Duration::from_secs(1);
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut paused: Option<Paused> = None;
     // Nothing is pulled before the first full scan: until then a file on disk may be missing from
     // the index, and replacing it would lose a local version.
     while config.scanner.full_scans() == 0 {
@@ -281,9 +307,17 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
             }
             Err(_) => return,
         };
+        remove_unneeded_temps(&config, &shared, &needs);
         if needs.is_empty() {
+            if paused.take().is_some() {
+                info!(namespace = %config.name, "no longer paused: nothing left to write");
+            }
             shared.update(|s| {
-                if s.state != SyncState::Retrying {
+                if s.state == SyncState::Paused {
+                    s.state = SyncState::Idle;
+                    s.error = None;
+                    s.disk_full = None;
+                } else if s.state != SyncState::Retrying {
                     s.state = SyncState::Idle;
                 }
                 s.files_left = 0;
@@ -298,39 +332,171 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
                 Ok(()) => {
                     backoff = Duration::from_secs(1);
                     retry_at = None;
+                    if paused.take().is_some() {
+                        info!(namespace = %config.name, "resumed after the disk was full: in sync");
+                    }
                     shared.update(|s| {
                         s.state = SyncState::Idle;
                         s.error = None;
+                        s.disk_full = None;
                     });
                     // Plan again at once: peers may have announced more meanwhile.
                     continue;
                 }
-                Err(why) => {
+                Err(Unfinished {
+                    why,
+                    short: Some(short),
+                }) => {
+                    let full = disk_full(root(&config), short).await;
+                    let now = tokio::time::Instant::now();
+                    // When the file system already shows room, the free space cannot tell when
+                    // there is more (a quota): only the slow retry and new changes try again.
+                    let blind = full.usable >= short.smallest;
+                    if paused.is_none() {
+                        warn!(namespace = %config.name, "sync paused, {}; first file: {why}", full.status);
+                    } else {
+                        debug!(namespace = %config.name, "still paused: {why}");
+                    }
+                    shared.update(|s| {
+                        s.state = SyncState::Paused;
+                        s.error = Some(full.status.to_string());
+                        s.disk_full = Some(full.status);
+                    });
+                    paused = Some(Paused {
+                        smallest: short.smallest,
+                        blind,
+                        until: now + PAUSED_RETRY,
+                    });
+                    backoff = Duration::from_secs(1);
+                    retry_at = Some(if blind {
+                        now + PAUSED_RETRY
+                    } else {
+                        now + SPACE_POLL
+                    });
+                }
+                Err(Unfinished { why, short: None }) => {
                     debug!(namespace = %config.name, "round left work undone: {why}; retrying in {backoff:?}");
+                    paused = None;
                     shared.update(|s| {
                         s.state = SyncState::Retrying;
                         s.error = Some(why);
+                        s.disk_full = None;
                     });
                     retry_at = Some(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                r = remote.changed() => if r.is_err() { return },
+                r = local.changed() => if r.is_err() { return },
+                () = retry => retry_at = None,
             }
-        };
-        tokio::select! {
-            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            r = remote.changed() => if r.is_err() { return },
-            r = local.changed() => if r.is_err() { return },
-            () = retry => retry_at = None,
+            // Paused for a full disk: plan again only once the smallest file left fits (or a
+            // change arrived, or the slow retry is due).
+            let Some(p) = &paused else { break };
+            if retry_at.is_some() || p.blind || tokio::time::Instant::now() >= p.until {
+                break;
+            }
+            let dir = root(&config).to_path_buf();
+            let looked = tokio::task::spawn_blocking(move || space::space(&dir)).await;
+            let Ok(Ok(now)) = looked else { break };
+            if now.usable() >= p.smallest {
+                info!(namespace = %config.name, free = %space::human(now.available), "there is room again: resuming");
+                break;
+            }
+            shared.update(|s| {
+                if let Some(d) = s.disk_full.as_mut() {
+                    d.free_bytes = now.available;
+                    s.error = Some(d.to_string());
+                }
+            });
+            retry_at = Some(tokio::time::Instant::now() + SPACE_POLL);
         }
         // Let a burst of changes arrive before planning again.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Paused for a full disk.
+#[derive(Debug)]
+struct Paused {
+    /// Usable bytes (beyond the margin) that let the smallest file left fit.
+    smallest: u64,
+    /// The free space already showed room when a write failed: polling it cannot tell more.
+    blind: bool,
+    /// When the round is tried again anyway.
+    until: tokio::time::Instant,
+}
+
+/// What a pause is shown as, and the usable bytes when it was looked at.
+struct Looked {
+    status: DiskFull,
+    usable: u64,
+}
+
+/// Looks at the file system holding `root` for a round that did not fit.
+async fn disk_full(root: &Path, short: Shortage) -> Looked {
+    let dir = root.to_path_buf();
+    let looked =
+        tokio::task::spawn_blocking(move || (space::space(&dir), space::mount_point(&dir))).await;
+    let (room, mount) = match looked {
+        Ok((Ok(room), mount)) => (Some(room), mount),
+        Ok((Err(_), mount)) => (None, mount),
+        Err(_) => (None, root.to_path_buf()),
+    };
+    Looked {
+        status: DiskFull {
+            needed_bytes: short.total,
+            files: short.files,
+            free_bytes: room.map_or(0, |r| r.available),
+            kept_free_bytes: room.map_or(0, |r| space::margin(r.total)),
+            mount,
+        },
+        // Unknown room: treated as none, so the free space is polled.
+        usable: room.map_or(0, |r| r.usable()),
+    }
+}
+
+/// The temporary file `need` is assembled in, if it needs one.
+fn temp_of(config: &PullerConfig, need: &Need) -> Option<PathBuf> {
+    (!need.version_only && !need.target.deleted && need.target.kind != Kind::Dir)
+        .then(|| temp_path(&abs(root(config), &need.path), &need.target.hash))
+}
+
+/// Removes the temporaries of earlier rounds that no need of this plan resumes into: the
+/// version they were for lost (a newer edit, a conflict settled) or arrived by other means (the
+/// same file made here). Without this they stayed on disk for good, hidden but taking its space.
+fn remove_unneeded_temps(config: &PullerConfig, shared: &Shared, needs: &[Need]) {
+    let mut temps = lock(&shared.temps);
+    if temps.is_empty() {
+        return;
+    }
+    let wanted: HashSet<PathBuf> = needs.iter().filter_map(|n| temp_of(config, n)).collect();
+    temps.retain(|temp| {
+        if wanted.contains(temp) {
+            return true;
+        }
+        match fs::remove_file(temp) {
+            Ok(()) => {
+                debug!(namespace = %config.name, temp = %temp.display(), "removed a temporary file no longer needed");
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                warn!(namespace = %config.name, temp = %temp.display(), "cannot remove a temporary file no longer needed: {e}");
+                true
+            }
+        }
+    });
 }
 
 /// One round: every stage over the planned needs. `Err` says why some of the work was left.
@@ -339,13 +505,23 @@ async fn pull(
     shared: &Arc<Shared>,
     needs: Vec<Need>,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), Unfinished> {
     let files = needs.iter().filter(|n| !n.version_only).count() as u64;
     let bytes: u64 = needs.iter().map(Need::bytes).sum();
+    let was_paused = shared.status().state == SyncState::Paused;
+    // The temporaries this round may use, should stale ones have to go to make room.
+    let wanted: std::collections::HashSet<PathBuf> = needs
+        .iter()
+        .filter(|n| !n.version_only && !n.target.deleted && n.target.kind != Kind::Dir)
+        .map(|n| temp_path(&abs(root(config), &n.path), &n.target.hash))
+        .collect();
     shared.bytes_done.store(0, Ordering::Relaxed);
     *lock(&shared.round_started) = Some(Instant::now());
     shared.update(|s| {
-        s.state = SyncState::Syncing;
+        // A round tried while paused stays shown as paused until it gets through.
+        if s.state != SyncState::Paused {
+            s.state = SyncState::Syncing;
+        }
         s.files_left = files;
         s.bytes_left = bytes;
     });
@@ -388,6 +564,7 @@ async fn pull(
         {
             let n = group.len() as u64;
             let batch = std::mem::take(&mut group);
+            lock(&shared.temps).extend(batch.iter().filter_map(|n| temp_of(config, n)));
             group_bytes = 0;
             small_bytes = 0;
             // Pipelined: this group is assembled while the previous one is being finished.
@@ -412,7 +589,10 @@ async fn pull(
         shared.update(|s| s.files_left = s.files_left.saturating_sub(m));
     }
     if *stop.borrow() {
-        return Err("stopping".into());
+        return Err(Unfinished {
+            why: "stopping".into(),
+            short: None,
+        });
     }
     if !deletions.is_empty() {
         let mut deletions = deletions;
@@ -420,14 +600,88 @@ async fn pull(
         deletions.sort_by(|a, b| b.path.cmp(&a.path));
         errors.merge(blocking(config, move |c| delete(c, deletions)).await);
     }
+    if errors.short.is_some() && !was_paused {
+        // Entering a pause: temporaries of content no longer wanted only take room.
+        let dir = root(config).to_path_buf();
+        let removed =
+            tokio::task::spawn_blocking(move || remove_stale_temporaries(&dir, &wanted)).await;
+        if let Ok((n, bytes)) = removed
+            && n > 0
+        {
+            info!(namespace = %config.name, files = n, freed = %space::human(bytes), "removed temporaries of content no longer wanted");
+        }
+    }
     errors.into_result()
 }
 
-/// Failures of a stage: how many, and the first reason.
+/// Deletes every temporary file under `root` (not in `.sync/`) that is not in `wanted`: what is
+/// left of transfers of versions since replaced. Returns how many and their bytes on disk.
+fn remove_stale_temporaries(
+    root: &Path,
+    wanted: &std::collections::HashSet<PathBuf>,
+) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            let path = e.path();
+            if kind.is_dir() {
+                if !(dir == root && e.file_name() == ".sync") {
+                    dirs.push(path);
+                }
+            } else if shoal_core::ignore::is_temp_name(&e.file_name().to_string_lossy())
+                && !wanted.contains(&path)
+            {
+                let size = space::allocated(&path);
+                if fs::remove_file(&path).is_ok() {
+                    files += 1;
+                    bytes += size;
+                }
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// Work a round left undone: why, and whether it is because the disk is full.
+#[derive(Debug)]
+struct Unfinished {
+    why: String,
+    short: Option<Shortage>,
+}
+
+/// Files that did not fit on the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shortage {
+    files: u64,
+    /// Bytes all of them still need, and the fewest any one needs.
+    total: u64,
+    smallest: u64,
+}
+
+impl Shortage {
+    fn merge(a: Option<Shortage>, b: Option<Shortage>) -> Option<Shortage> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Shortage {
+                files: a.files + b.files,
+                total: a.total.saturating_add(b.total),
+                smallest: a.smallest.min(b.smallest),
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Failures of a stage: how many, the first reason, and what did not fit on the disk.
 #[derive(Debug, Default)]
 struct Errors {
     count: u64,
     first: Option<String>,
+    short: Option<Shortage>,
 }
 
 impl Errors {
@@ -438,20 +692,54 @@ impl Errors {
         }
     }
 
+    /// `path` did not fit: it still needs `needed` bytes.
+    fn no_space(&mut self, path: &str, needed: u64, why: impl std::fmt::Display) {
+        self.add(path, why);
+        let one = Shortage {
+            files: 1,
+            total: needed,
+            smallest: needed,
+        };
+        self.short = Shortage::merge(self.short, Some(one));
+    }
+
+    /// An I/O failure for `path`, which needs `needed` more bytes should it be the disk's.
+    fn io(&mut self, path: &str, e: &io::Error, needed: u64) {
+        if space::is_no_space(e) {
+            self.no_space(path, needed, e);
+        } else {
+            self.add(path, e);
+        }
+    }
+
+    /// A failure of the index (on the same disk, often).
+    fn index(&mut self, e: &shoal_index::IndexError) {
+        if space::error_is_no_space(e) {
+            self.no_space("(index)", 0, e);
+        } else {
+            self.add("(index)", e);
+        }
+    }
+
     fn merge(&mut self, other: Errors) {
         self.count += other.count;
         if self.first.is_none() {
             self.first = other.first;
         }
+        self.short = Shortage::merge(self.short, other.short);
     }
 
-    fn into_result(self) -> Result<(), String> {
-        match (self.count, self.first) {
-            (0, _) => Ok(()),
-            (1, Some(first)) => Err(first),
-            (n, Some(first)) => Err(format!("{n} paths not synced yet; first: {first}")),
-            (n, None) => Err(format!("{n} paths not synced yet")),
-        }
+    fn into_result(self) -> Result<(), Unfinished> {
+        let why = match (self.count, self.first) {
+            (0, _) => return Ok(()),
+            (1, Some(first)) => first,
+            (n, Some(first)) => format!("{n} paths not synced yet; first: {first}"),
+            (n, None) => format!("{n} paths not synced yet"),
+        };
+        Err(Unfinished {
+            why,
+            short: self.short,
+        })
     }
 }
 
@@ -520,7 +808,7 @@ fn record_versions(config: &PullerConfig, needs: Vec<Need>) -> Errors {
         }
     }
     if let Err(e) = batch.commit() {
-        errors.add("(index)", e);
+        errors.index(&e);
     }
     errors
 }
@@ -560,12 +848,12 @@ fn make_dirs(config: &PullerConfig, needs: Vec<Need>) -> Errors {
                 batch.put(&need.path, entry);
                 parents.extend(path.parent().map(Path::to_path_buf));
             }
-            Err(e) => errors.add(&need.path, e),
+            Err(e) => errors.io(&need.path, &e, METADATA_BYTES),
         }
     }
     sync_dirs(&parents);
     if let Err(e) = batch.commit() {
-        errors.add("(index)", e);
+        errors.index(&e);
     }
     errors
 }
@@ -655,6 +943,7 @@ async fn assemble_group(
     group: Vec<Need>,
 ) -> (Vec<Ready>, Errors) {
     let mut errors = Errors::default();
+    let group = fitting(root(config), group, &mut errors);
     let fetches = Arc::new(Semaphore::new(FETCHES_AT_ONCE));
     let (small, large): (Vec<Need>, Vec<Need>) = group.into_iter().partition(is_small);
     let mut ready = Vec::new();
@@ -673,19 +962,92 @@ async fn assemble_group(
         tasks.spawn(async move {
             let _permit = files.acquire_owned().await;
             let path = need.path.clone();
+            let temp = temp_path(&abs(root(&config), &need.path), &need.target.hash);
+            let size = need.target.size;
             assemble(&config, &shared, need, fetches)
                 .await
-                .map_err(|e| (path, e))
+                .map_err(|e| (path, e, size.saturating_sub(space::allocated(&temp))))
         });
     }
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(r)) => ready.push(r),
-            Ok(Err((path, why))) => errors.add(&path, why),
+            Ok(Err((path, f, left))) if f.no_space => errors.no_space(&path, left, f.why),
+            Ok(Err((path, f, _))) => errors.add(&path, f.why),
             Err(e) => errors.add("(puller)", e),
         }
     }
     (ready, errors)
+}
+
+/// The files of `group` (smallest first) that fit on the disk together, keeping the margin free;
+/// the others are recorded as not fitting, their temporaries kept, and left for a later round.
+/// A file is never started only to fill the disk halfway: the index, on the same disk as a rule,
+/// and everything else there must still be able to write.
+fn fitting(root: &Path, group: Vec<Need>, errors: &mut Errors) -> Vec<Need> {
+    let Ok(room) = space::space(root) else {
+        // The file system does not say: the writes will.
+        return group;
+    };
+    let mut usable = room.usable();
+    let mut fit = Vec::with_capacity(group.len());
+    for need in group {
+        let needed = match need.target.kind {
+            Kind::Symlink | Kind::Dir => 0,
+            // Rewritten whole.
+            Kind::File if is_small(&need) => need.target.size,
+            // What its temporary does not hold yet.
+            Kind::File => need.target.size.saturating_sub(space::allocated(&temp_path(
+                &abs(root, &need.path),
+                &need.target.hash,
+            ))),
+        };
+        if needed <= usable {
+            usable -= needed;
+            fit.push(need);
+        } else {
+            let why = format!(
+                "does not fit: {} to write, {} free, {} kept free",
+                space::human(needed),
+                space::human(room.available),
+                space::human(space::margin(room.total)),
+            );
+            errors.no_space(&need.path, needed, why);
+        }
+    }
+    fit
+}
+
+/// Why one file could not be assembled.
+#[derive(Debug)]
+struct Failure {
+    why: String,
+    /// Because the disk is full.
+    no_space: bool,
+}
+
+impl Failure {
+    fn io(context: impl std::fmt::Display, e: &io::Error) -> Failure {
+        Failure {
+            why: format!("{context}: {e}"),
+            no_space: space::is_no_space(e),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure {
+            why,
+            no_space: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Failure {
+        Failure::from(why.to_owned())
+    }
 }
 
 /// Small files: every chunk gathered in memory (local copies in one pass, the rest fetched all at
@@ -788,7 +1150,7 @@ async fn pull_small(
             }
             match write_small(&config, &need, &have) {
                 Ok(temp) => ready.push(Ready { need, temp }),
-                Err(e) => errors.add(&need.path, e),
+                Err(e) => errors.io(&need.path, &e, need.target.size),
             }
         }
         (ready, errors)
@@ -872,17 +1234,18 @@ async fn assemble(
     shared: &Arc<Shared>,
     need: Need,
     fetches: Arc<Semaphore>,
-) -> Result<Ready, String> {
+) -> Result<Ready, Failure> {
     let path = abs(root(config), &need.path);
     let temp = temp_path(&path, &need.target.hash);
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| format!("cannot create its directory: {e}"))?;
+        fs::create_dir_all(parent).map_err(|e| Failure::io("cannot create its directory", &e))?;
     }
     if need.target.kind == Kind::Symlink {
         let link = need.target.target.clone().unwrap_or_default();
         let _ = fs::remove_file(&temp);
-        symlink(&link, &temp).map_err(|e| format!("cannot create the symlink: {e}"))?;
-        set_mtime(&temp, need.target.mtime_ns).map_err(|e| e.to_string())?;
+        symlink(&link, &temp).map_err(|e| Failure::io("cannot create the symlink", &e))?;
+        set_mtime(&temp, need.target.mtime_ns)
+            .map_err(|e| Failure::io("cannot set its mtime", &e))?;
         return Ok(Ready { need, temp });
     }
     // Copier: resume and local chunks, off the async threads.
@@ -894,7 +1257,7 @@ async fn assemble(
         tokio::task::spawn_blocking(move || copy_local(&config, &shared, &into, chunks))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?
+            .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
     };
     // Fetcher: the rest from peers, verified.
     if !missing.is_empty() {
@@ -918,7 +1281,7 @@ async fn assemble(
                                 && Hash::of(&bytes) == chunk.hash =>
                         {
                             file.write_all_at(&bytes, chunk.offset)
-                                .map_err(|e| format!("cannot write: {e}"))?;
+                                .map_err(|e| Failure::io("cannot write", &e))?;
                             shared
                                 .fetched
                                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -931,14 +1294,27 @@ async fn assemble(
                         Err(e) => last = e,
                     }
                 }
-                Err(format!("chunk {}: {last}", &chunk.hash.to_hex()[..12]))
+                Err(Failure::from(format!(
+                    "chunk {}: {last}",
+                    &chunk.hash.to_hex()[..12]
+                )))
             });
         }
-        let mut first_error = None;
+        let mut first_error: Option<Failure> = None;
         while let Some(joined) = tasks.join_next().await {
-            let result = joined.map_err(|e| e.to_string()).and_then(|r| r);
+            let result = joined
+                .map_err(|e| Failure::from(e.to_string()))
+                .and_then(|r| r);
             if let Err(e) = result {
-                first_error.get_or_insert(e);
+                if e.no_space {
+                    // Nothing more can be written: fetching the rest would only be thrown away.
+                    tasks.abort_all();
+                    if !first_error.as_ref().is_some_and(|f| f.no_space) {
+                        first_error = Some(e);
+                    }
+                } else {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         if let Some(e) = first_error {
@@ -955,7 +1331,7 @@ async fn assemble(
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| format!("cannot finish {}: {e}", temp.display()))?;
+    .map_err(|e| Failure::io(format_args!("cannot finish {}", temp.display()), &e))?;
     Ok(Ready { need, temp })
 }
 
@@ -1047,6 +1423,7 @@ fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
         })();
         match result {
             Ok(entry) => {
+                lock(&shared.temps).remove(&r.temp);
                 if r.need.keep_local_as_conflict {
                     conflicts += 1;
                 }
@@ -1054,12 +1431,12 @@ fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
                 batch.put(&r.need.path, entry);
                 parents.extend(path.parent().map(Path::to_path_buf));
             }
-            Err(e) => errors.add(&r.need.path, e),
+            Err(e) => errors.io(&r.need.path, &e, METADATA_BYTES),
         }
     }
     sync_dirs(&parents);
     if let Err(e) = batch.commit() {
-        errors.add("(index)", e);
+        errors.index(&e);
     }
     shared.update(|s| {
         s.files_pulled += pulled;
@@ -1101,12 +1478,88 @@ fn delete(config: &PullerConfig, needs: Vec<Need>) -> Errors {
                     "deleted on a peer, but holds files this node does not sync (ignored?); kept",
                 );
             }
-            Err(e) => errors.add(&need.path, e),
+            Err(e) => errors.io(&need.path, &e, METADATA_BYTES),
         }
     }
     sync_dirs(&parents);
     if let Err(e) = batch.commit() {
-        errors.add("(index)", e);
+        errors.index(&e);
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn must<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        let mut errors = Errors::default();
+        errors.add("a", "no peer announced it");
+        errors.io("b", &io::Error::from(nix::errno::Errno::EACCES), 10);
+        assert_eq!(errors.short, None);
+        let mut full = Errors::default();
+        full.io("c", &io::Error::from(nix::errno::Errno::ENOSPC), 300);
+        full.no_space("d", 100, "does not fit");
+        let mut quota = Errors::default();
+        quota.io("e", &io::Error::from(nix::errno::Errno::EDQUOT), 50);
+        full.merge(quota);
+        errors.merge(full);
+        let Err(u) = errors.into_result() else {
+            panic!("errors were recorded")
+        };
+        assert_eq!(
+            u.short,
+            Some(Shortage {
+                files: 3,
+                total: 450,
+                smallest: 50
+            })
+        );
+        assert_eq!(
+            u.why,
+            "5 paths not synced yet; first: a: no peer announced it"
+        );
+        assert!(Errors::default().into_result().is_ok());
+    }
+
+    #[test]
+    fn only_temporaries_no_longer_wanted_are_removed() {
+        let dir = must(tempfile::tempdir());
+        let root = dir.path();
+        let h = |b: &[u8]| Hash::of(b);
+        must(fs::create_dir_all(root.join("sub/deeper")));
+        must(fs::create_dir_all(root.join(".sync/Archive")));
+        let wanted_temp = temp_path(&root.join("sub/file"), &h(b"new"));
+        let stale_temp = temp_path(&root.join("sub/file"), &h(b"old"));
+        let stale_deep = temp_path(&root.join("sub/deeper/x"), &h(b"x"));
+        let in_sync = temp_path(&root.join(".sync/Archive/y"), &h(b"y"));
+        for (p, len) in [
+            (&wanted_temp, 3000),
+            (&stale_temp, 5000),
+            (&stale_deep, 10),
+            (&in_sync, 1),
+        ] {
+            must(fs::write(p, vec![1u8; len]));
+        }
+        must(fs::write(root.join("sub/file"), b"a real file"));
+        must(fs::write(root.join("tmp.txt"), b"a real file"));
+        let wanted = std::collections::HashSet::from([wanted_temp.clone()]);
+        let (n, bytes) = remove_stale_temporaries(root, &wanted);
+        assert_eq!(n, 2);
+        assert!(bytes > 0);
+        assert!(!stale_temp.exists() && !stale_deep.exists());
+        for kept in [
+            wanted_temp,
+            in_sync,
+            root.join("sub/file"),
+            root.join("tmp.txt"),
+        ] {
+            assert!(kept.exists(), "{kept:?} was removed");
+        }
+    }
 }

@@ -223,6 +223,37 @@ pub struct Global {
         hide_env = true
     )]
     pub lan: Option<String>,
+    /// The NFS server: `on` (default) or `off`/`0` [env: NFS]. Each namespace is exported at the
+    /// export root: `mount -t nfs -o vers=3,tcp,port=2049,mountport=2049,nolock node:/NS /mnt`.
+    #[arg(
+        long,
+        global = true,
+        env = "NFS",
+        value_name = "on|off",
+        hide_env = true
+    )]
+    pub nfs: Option<String>,
+    /// TCP port of the NFS server; MOUNT and portmap answer on the same port [env: NFS_PORT]
+    /// [default: 2049].
+    #[arg(
+        long,
+        global = true,
+        env = "NFS_PORT",
+        value_name = "PORT",
+        hide_env = true
+    )]
+    pub nfs_port: Option<u16>,
+    /// IPv4 networks allowed to use NFS, separated by commas [env: NFS_ALLOW] [default: private,
+    /// i.e. 127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10]. `any` allows
+    /// every address: only behind a firewall. Other clients are refused (and logged).
+    #[arg(
+        long,
+        global = true,
+        env = "NFS_ALLOW",
+        value_name = "NETWORKS",
+        hide_env = true
+    )]
+    pub nfs_allow: Option<String>,
     /// Debug log filter, as btsync.docker: e.g. `btsync:ctl`, `shoal:*`, `shoal:daemon,-shoal:ctl`
     /// [env: DEBUG] [default: btsync:ctl]. RUST_LOG, when set, takes precedence.
     #[arg(

@@ -215,6 +215,31 @@ fn print_status(status: &serde_json::Value) -> Option<()> {
             short(node)
         ),
     }
+    if let Some(nfs) = status.get("nfs") {
+        let allow = nfs
+            .get("allow")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        match nfs.get("state").and_then(|s| s.as_str()) {
+            Some("serving") => println!(
+                "{bold}nfs{reset}:    port {} (mount node:/NAMESPACE), clients from {allow}",
+                nfs.get("port").and_then(|p| p.as_u64()).unwrap_or(0)
+            ),
+            Some("error") => println!(
+                "{bold}nfs{reset}:    OFF: {}",
+                nfs.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("unknown error")
+            ),
+            _ => println!("{bold}nfs{reset}:    off (NFS=off)"),
+        }
+    }
     let namespaces = status.get("namespaces")?.as_array()?;
     if namespaces.is_empty() {
         println!("no namespaces (add one with `ctl add NAME`)");
@@ -228,7 +253,10 @@ fn print_status(status: &serde_json::Value) -> Option<()> {
             ns.get("access")?.as_str()?,
             ns.get("dir")?.as_str()?,
         );
-        if let Some(detail) = ns.get("detail").and_then(|d| d.as_str()) {
+        // Paused: the sync lines below say it, in more detail.
+        if let Some(detail) = ns.get("detail").and_then(|d| d.as_str())
+            && ns.get("state").and_then(|s| s.as_str()) != Some("paused")
+        {
             println!("    {detail}");
         }
         if let Some(c) = ns.get("index").and_then(|i| i.get("counts")) {
@@ -323,6 +351,7 @@ fn print_sync(sync: &serde_json::Value) {
             let why = sync.get("error").and_then(|e| e.as_str()).unwrap_or("?");
             println!("    sync retrying: {why}");
         }
+        Some("paused") => print_paused(sync),
         _ => {}
     }
     if n("files_pulled") > 0 || n("conflicts") > 0 {
@@ -334,6 +363,29 @@ fn print_sync(sync: &serde_json::Value) {
             n("conflicts"),
         );
     }
+}
+
+/// Paused because the disk is full: how much is missing where, and that it resumes by itself.
+fn print_paused(sync: &serde_json::Value) {
+    let Some(full) = sync.get("disk_full").filter(|f| !f.is_null()) else {
+        let why = sync.get("error").and_then(|e| e.as_str()).unwrap_or("?");
+        println!("    sync paused: {why}");
+        return;
+    };
+    let n = |k: &str| full.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let mount = full.get("mount").and_then(|m| m.as_str()).unwrap_or("?");
+    let files = match n("files") {
+        1 => "1 file".to_owned(),
+        f => format!("{f} files"),
+    };
+    println!("    sync paused: the disk is full ({mount})");
+    println!(
+        "      {} more needed for {files}, {} free ({} always kept free)",
+        bytes(n("needed_bytes")),
+        bytes(n("free_bytes")),
+        bytes(n("kept_free_bytes")),
+    );
+    println!("      free some space there: syncing resumes by itself");
 }
 
 /// `[#####.....]` for `done` of `total`.
@@ -382,20 +434,9 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// 1536 -> "1.5 KiB".
+/// 1536 -> "1.5 KiB" (the sync engine's format, so logs and status read alike).
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    shoal_sync::space::human(n)
 }
 
 /// 3725 -> "1h2m".

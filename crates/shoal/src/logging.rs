@@ -55,7 +55,14 @@ pub fn directives(debug: &str, base: &str) -> String {
 pub fn init(debug: &str, base: &str, with_time: bool) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(rust_log) if !rust_log.is_empty() => EnvFilter::new(rust_log),
-        _ => EnvFilter::new(directives(debug, base)),
+        _ => {
+            // The NFS protocol library logs every connection at info: only when NFS is debugged.
+            let mut d = directives(debug, base);
+            if !d.contains("shoal_nfs=debug") && !d.contains("shoal=debug") {
+                d.push_str(",nfs3_server=warn");
+            }
+            EnvFilter::new(d)
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -47,6 +47,10 @@ fn status_reports_namespaces_and_says_when_no_daemon_runs() {
     assert!(stdout(&out).contains("not running") && stdout(&out).contains("gitlab"));
 
     let daemon = node.start_daemon(&[]);
+    // "starting" until the first scan of the namespace is done.
+    wait_until(Duration::from_secs(10), "the namespace to be idle", || {
+        node.status_json()["namespaces"][0]["state"] == "idle"
+    });
     let status = node.status_json();
     assert_eq!(status["pid"], daemon.pid());
     let ns = &status["namespaces"][0];

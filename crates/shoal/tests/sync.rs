@@ -9,7 +9,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Node, wait_until};
+use common::{Daemon, Node, noise, wait_until};
 
 const NS: &str = "shared";
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -101,11 +101,21 @@ impl Cluster {
 
     /// The same, with extra `ctl init` options for node 0.
     fn with_init(n: usize, secret: &str, init0: &[&str]) -> Cluster {
+        Cluster::build(n, secret, init0, |_, node| node)
+    }
+
+    /// The same, each node changed by `prepare(i, node)` before it is initialised.
+    fn build(
+        n: usize,
+        secret: &str,
+        init0: &[&str],
+        mut prepare: impl FnMut(usize, Node) -> Node,
+    ) -> Cluster {
         let mut nodes = Vec::new();
         let mut daemons = Vec::new();
         let mut seed = String::new();
         for i in 0..n {
-            let mut node = Node::new();
+            let mut node = prepare(i, Node::new());
             if i > 0 {
                 node = node.env("SHOAL_PEERS", &seed);
             }
@@ -179,20 +189,6 @@ fn write(path: &Path, bytes: &[u8]) {
         std::fs::create_dir_all(p).unwrap();
     }
     std::fs::write(path, bytes).unwrap();
-}
-
-/// Reproducible incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]
@@ -285,6 +281,38 @@ fn concurrent_edits_give_one_winner_and_one_conflict_copy_everywhere() {
         got,
         [b"edited on A".to_vec(), b"edited on B, longer".to_vec()],
         "both edits kept"
+    );
+}
+
+#[test]
+fn a_conflict_lost_on_two_nodes_leaves_one_copy_and_no_temporaries() {
+    // Nodes 0 and 1 both hold the losing edit, so both may make the conflict copy and then be
+    // offered the other's copy of it: found by `make test`'s partition scenario, where the node
+    // that had made its own copy kept the temporary file of the one it no longer needed, for good.
+    let mut c = Cluster::new(3, &shoal_secret());
+    write(&c.dir(0).join("notes.txt"), b"original");
+    c.converge(0, "original");
+    let mut d = c.daemons[2].take().unwrap();
+    d.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
+    write(&c.dir(0).join("notes.txt"), b"edited on 0, reaches 1");
+    wait_until(CONVERGE, "node 1 has node 0's edit", || {
+        std::fs::read(c.dir(1).join("notes.txt")).ok().as_deref()
+            == Some(b"edited on 0, reaches 1".as_slice())
+    });
+    // Node 2's edit is the later one: it wins, and 0 and 1 both hold the loser.
+    write(&c.dir(2).join("notes.txt"), b"edited on 2 while offline");
+    c.daemons[2] = Some(c.nodes[2].start_daemon(&[]));
+    c.converge(2, "the conflict, settled");
+    let t = tree(&c.dir(0));
+    let copies: Vec<&String> = t.keys().filter(|k| k.contains(".sync-conflict-")).collect();
+    assert_eq!(copies.len(), 1, "{t:?}");
+    assert_eq!(
+        std::fs::read(c.dir(0).join(copies[0])).unwrap(),
+        b"edited on 0, reaches 1"
+    );
+    assert_eq!(
+        std::fs::read(c.dir(0).join("notes.txt")).unwrap(),
+        b"edited on 2 while offline"
     );
 }
 
@@ -403,4 +431,259 @@ fn read_only(node: &Node) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// A tmpfs mounted for one test at a directory of its own, unmounted when dropped (also when the
+/// test fails). Declared before the cluster using it, so the daemons are gone first.
+struct Tmpfs {
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` when this process may not mount one (not root, or no `CAP_SYS_ADMIN`).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Tmpfs {
+            mnt: mnt.canonicalize().unwrap(),
+            _dir: dir,
+        })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {size}: {status}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |args: &[&str]| {
+            std::process::Command::new("umount")
+                .args(args)
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(&[]) {
+            // Still busy (a daemon's child?): detach it, so the directory is removed anyway.
+            umount(&["-l"]);
+        }
+    }
+}
+
+/// Writes `path` until the file system is full (`ENOSPC`); returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0xa5u8; 1 << 20];
+    let mut written = 0;
+    loop {
+        match f.write(&block) {
+            Ok(0) => return written,
+            Ok(n) => written += n as u64,
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+                return written;
+            }
+        }
+    }
+}
+
+/// Writes `rel` in node 0's namespace at once: written beside it and renamed in, so that node 0
+/// never indexes (and sends) a half-written version when a busy disk stalls the writer.
+fn publish(c: &Cluster, rel: &str, bytes: &[u8]) {
+    let staging = c.nodes[0].tmp.path().join("staging");
+    std::fs::write(&staging, bytes).unwrap();
+    let path = c.dir(0).join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
+}
+
+/// Node `i`'s namespace status (`ctl status --json`).
+fn ns_status(c: &Cluster, i: usize) -> serde_json::Value {
+    c.nodes[i].status_json()["namespaces"][0].clone()
+}
+
+/// Waits until node `i` is paused for a full disk on `mount`; returns its `disk_full`.
+fn wait_paused(c: &Cluster, i: usize, mount: &Path, what: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let ns = ns_status(c, i);
+        if ns["state"] == "paused" && ns["sync"]["state"] == "paused" {
+            let full = ns["sync"]["disk_full"].clone();
+            assert_eq!(full["mount"].as_str(), mount.to_str(), "{ns}");
+            let why = ns["sync"]["error"].as_str().unwrap_or_default();
+            assert!(why.starts_with("disk full: "), "{ns}");
+            return full;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: node {i} not paused after {CONVERGE:?}: {last}\nlog:\n{}",
+            c.daemons[i].as_ref().map(Daemon::log).unwrap_or_default()
+        );
+        last = ns;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until node `i` is no longer paused.
+fn wait_not_paused(c: &Cluster, i: usize, what: &str) {
+    wait_until(CONVERGE, what, || {
+        let ns = ns_status(c, i);
+        ns["state"] != "paused" && ns["sync"]["disk_full"].is_null()
+    });
+}
+
+/// Everything visible under a real name on `to` is on `from` with the same content: no partial
+/// file, no temporary under a real name (only hidden `.~shoal.*.tmp` ones may exist).
+fn nothing_partial(from: &Path, to: &Path, c: &Cluster) {
+    let want = tree(from);
+    let got = tree(to);
+    for (path, what) in &got {
+        assert_eq!(
+            want.get(path),
+            Some(what),
+            "{path} on the paused node\nthere: {got:?}\nwant: {want:?}\nlog:\n{}",
+            c.daemons[1].as_ref().map(Daemon::log).unwrap_or_default()
+        );
+    }
+    for t in temporaries(to) {
+        let name = Path::new(&t)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.ends_with(".tmp"), "{t}");
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_the_namespace_and_it_resumes_when_there_is_room() {
+    let Some(disk) = Tmpfs::mount("48m") else {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    };
+    // Node 1's data directory (namespace, index, config) is the 48 MiB tmpfs. Node 0 sends at
+    // 8 MB/s, slow enough to fill node 1's disk while a file is on its way.
+    let c = Cluster::build(
+        2,
+        &shoal_secret(),
+        &["--upload-limit", "8000"],
+        |i, mut n| {
+            if i == 1 {
+                n.data = disk.mnt.clone();
+            }
+            n
+        },
+    );
+    let (a, b) = (c.dir(0), c.dir(1));
+    let mut total = 0u64;
+
+    // 1. The disk fills while a file is written (ENOSPC): paused, what was fetched is kept, and
+    // syncing resumes by itself once the space is freed, without fetching it again.
+    let mid = noise(24 << 20, 50);
+    publish(&c, "mid.bin", &mid);
+    total += mid.len() as u64;
+    wait_until(CONVERGE, "node 1 starts on mid.bin", || {
+        temporaries(&b)
+            .iter()
+            .any(|t| t.contains(".~shoal.mid.bin."))
+    });
+    let filler = disk.mnt.join("filler");
+    let filled = fill(&filler);
+    assert!(filled > 0, "nothing filled");
+    let full = wait_paused(&c, 1, &disk.mnt, "ENOSPC while writing");
+    assert_eq!(full["files"], 1, "{full}");
+    let needed = full["needed_bytes"].as_u64().unwrap();
+    assert!(needed > 0 && needed < mid.len() as u64, "{full}");
+    nothing_partial(&a, &b, &c);
+    assert!(!b.join("mid.bin").exists(), "a partial mid.bin is visible");
+    assert!(
+        temporaries(&b)
+            .iter()
+            .any(|t| t.contains(".~shoal.mid.bin.")),
+        "the verified part of mid.bin was thrown away"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    c.converge(0, "after space was freed");
+    wait_not_paused(&c, 1, "node 1 resumes after space was freed");
+
+    // 2. Small files and one larger than the whole disk: the small ones arrive, the large one is
+    // never started (no temporary fills the disk), and growing the disk lets it through.
+    let small: Vec<(String, Vec<u8>)> = (0..4u64)
+        .map(|i| {
+            (
+                format!("small/{i}.txt"),
+                noise(5000 + i as usize * 777, 60 + i),
+            )
+        })
+        .collect();
+    for (p, bytes) in &small {
+        publish(&c, p, bytes);
+        total += bytes.len() as u64;
+    }
+    let big = noise(64 << 20, 70);
+    publish(&c, "big.bin", &big);
+    total += big.len() as u64;
+    let full = wait_paused(&c, 1, &disk.mnt, "a file larger than the disk");
+    assert_eq!(full["files"], 1, "{full}");
+    assert_eq!(
+        full["needed_bytes"].as_u64(),
+        Some(big.len() as u64),
+        "{full}"
+    );
+    assert!(full["free_bytes"].as_u64().unwrap() < 48 << 20, "{full}");
+    wait_until(CONVERGE, "the small files arrive while paused", || {
+        let t = tree(&b);
+        small.iter().all(|(p, bytes)| {
+            t.get(p).is_some_and(|w| {
+                matches!(w, What::File { hash, .. } if *hash == blake3::hash(bytes).to_hex().to_string())
+            })
+        })
+    });
+    nothing_partial(&a, &b, &c);
+    assert!(!b.join("big.bin").exists(), "a partial big.bin is visible");
+    assert_eq!(
+        temporaries(&b),
+        Vec::<String>::new(),
+        "a file that cannot fit was started"
+    );
+    let human = c.nodes[1].ctl(&["status"]);
+    assert!(human.status.success(), "{}", common::stderr(&human));
+    let text = common::stdout(&human);
+    eprintln!("ctl status while paused:\n{text}");
+    assert!(
+        text.contains("shared  paused")
+            && text.contains(&format!(
+                "sync paused: the disk is full ({})",
+                disk.mnt.display()
+            ))
+            && text.contains("64.0 MiB more needed for 1 file")
+            && text.contains("syncing resumes by itself"),
+        "{text}"
+    );
+    disk.resize("256m");
+    c.converge(0, "after the disk grew");
+    wait_not_paused(&c, 1, "node 1 resumes after the disk grew");
+
+    // Resuming reused what had been written: every byte was fetched once.
+    let sync = &ns_status(&c, 1)["sync"];
+    let got = sync["fetched_bytes"].as_u64().unwrap() + sync["copied_bytes"].as_u64().unwrap();
+    assert_eq!(got, total, "bytes brought in vs. file sizes: {sync}");
 }

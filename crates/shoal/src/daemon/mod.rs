@@ -75,13 +75,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     ops::give_to_daemon_user(&socket_path, &settings)?;
     let pid_file = PidFile::write(&settings)?;
 
+    // Bound while still root, so that NFS_PORT may be below 1024 (2049) on a host too.
+    let nfs = nfs_listen(&settings)?;
     drop_privileges(&settings)?;
     // Loaded (or created) as the daemon's user, so the key file belongs to it.
     let identity = shoal_net::NodeIdentity::load_or_create(&settings.state_path)
         .context("loading the node identity")?;
     info!(node = %identity.node_id(), "node identity");
 
-    let result = runtime.block_on(serve(settings, config, listener, identity, signals));
+    let result = runtime.block_on(serve(settings, config, listener, identity, signals, nfs));
     runtime.shutdown_timeout(Duration::from_millis(500));
     pid_file.remove();
     let _ = std::fs::remove_file(&socket_path);
@@ -95,6 +97,7 @@ async fn serve(
     listener: std::os::unix::net::UnixListener,
     identity: shoal_net::NodeIdentity,
     signals: Signals,
+    nfs: NfsListen,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let device = shoal_core::version::DeviceId::from_node_id(&identity.node_id().0);
@@ -105,12 +108,13 @@ async fn serve(
     if let Some(addr) = peers.local_addr() {
         info!(%addr, "accepting peers");
     }
+    let (nfs, nfs_server) = start_nfs(nfs).await;
     let (supervisor, inbox) = mpsc::channel(64);
     let supervisor = supervisor::Handle::new(supervisor);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(
-        Supervisor::new(settings.clone(), inbox, stop_rx.clone(), device, peers).run(config),
+        Supervisor::new(settings.clone(), inbox, stop_rx.clone(), device, peers, nfs).run(config),
     );
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
@@ -147,6 +151,9 @@ async fn serve(
     if drained.is_err() {
         warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
         tasks.abort_all();
+    }
+    if let Some(server) = nfs_server {
+        server.stop();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), peers_task).await;
     info!("stopped");
@@ -193,6 +200,94 @@ fn peers_config(
         resolve_interval: Duration::from_secs(60),
         lan: lan_config(settings.global.lan.as_deref())?,
     })
+}
+
+/// The NFS server's exports, filled by the supervisor, and its state for `ctl status`.
+#[derive(Debug)]
+pub struct Nfs {
+    pub exports: std::sync::Arc<shoal_nfs::Exports>,
+    pub status: serde_json::Value,
+}
+
+/// The NFS port as bound before privileges are dropped: off, bound (with the allowed networks),
+/// or why it could not be bound.
+#[derive(Debug)]
+enum NfsListen {
+    Off,
+    Bound(std::net::TcpListener, Vec<shoal_nfs::Network>),
+    Failed { port: u16, why: String },
+}
+
+/// Reads `NFS`, `NFS_PORT`, `NFS_ALLOW` and binds the port. A bad setting stops the daemon with its
+/// reason; a port that cannot be bound does not: the node still syncs, and says why NFS is off.
+fn nfs_listen(settings: &Settings) -> anyhow::Result<NfsListen> {
+    match settings.global.nfs.as_deref().map(str::trim) {
+        None | Some("") | Some("on") | Some("true") | Some("1") => {}
+        Some("off") | Some("false") | Some("0") => return Ok(NfsListen::Off),
+        Some(other) => {
+            return Err(crate::error::user_error(format!(
+                "NFS/--nfs: {other:?} is not on or off"
+            )));
+        }
+    }
+    let allow = match settings.global.nfs_allow.as_deref() {
+        None => shoal_nfs::allow::private_networks(),
+        Some(text) => shoal_nfs::allow::parse(text)
+            .map_err(|e| crate::error::user_error(format!("NFS_ALLOW/--nfs-allow: {e}")))?,
+    };
+    let port = settings.global.nfs_port.unwrap_or(2049);
+    Ok(
+        match shoal_nfs::bind(std::net::Ipv4Addr::UNSPECIFIED, port) {
+            Ok(listener) => NfsListen::Bound(listener, allow),
+            Err(e) => {
+                let why = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => format!(
+                        "cannot listen on port {port}: {e} (ports below 1024 need root; set NFS_PORT, \
+                     or NFS=0)"
+                    ),
+                    _ => format!("cannot listen on port {port}: {e} (set NFS_PORT, or NFS=0)"),
+                };
+                warn!("NFS is off: {why}");
+                NfsListen::Failed { port, why }
+            }
+        },
+    )
+}
+
+/// Starts the NFS server on the port [`nfs_listen`] bound.
+async fn start_nfs(listen: NfsListen) -> (Nfs, Option<shoal_nfs::Server>) {
+    let exports = std::sync::Arc::new(shoal_nfs::Exports::default());
+    let off = |status| {
+        (
+            Nfs {
+                exports: exports.clone(),
+                status,
+            },
+            None,
+        )
+    };
+    match listen {
+        NfsListen::Off => off(serde_json::json!({ "state": "off" })),
+        NfsListen::Failed { port, why } => {
+            off(serde_json::json!({ "state": "error", "port": port, "error": why }))
+        }
+        NfsListen::Bound(listener, allow) => {
+            let allowed: Vec<String> = allow.iter().map(ToString::to_string).collect();
+            match shoal_nfs::serve(listener, &allow, exports.clone()).await {
+                Ok(server) => {
+                    let status = serde_json::json!({
+                        "state": "serving", "port": server.port, "allow": allowed,
+                    });
+                    (Nfs { exports, status }, Some(server))
+                }
+                Err(e) => {
+                    let why = format!("cannot start the NFS server: {e}");
+                    warn!("NFS is off: {why}");
+                    off(serde_json::json!({ "state": "error", "error": why }))
+                }
+            }
+        }
+    }
 }
 
 /// `--lan`/`SHOAL_LAN`: `on` (default), `off`, or the IPv4 address of the interface to use.

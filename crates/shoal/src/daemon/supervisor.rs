@@ -113,6 +113,8 @@ pub struct Supervisor {
     /// This node in version vectors.
     device: DeviceId,
     peers: shoal_peers::Peers,
+    /// The NFS server's exports (each running namespace) and what `ctl status` says about it.
+    nfs: crate::daemon::Nfs,
     /// The config file's bytes when last read, to apply only real changes and to report a broken
     /// file once rather than at every poll.
     last_seen: Option<Vec<u8>>,
@@ -126,6 +128,7 @@ impl Supervisor {
         stop: watch::Receiver<bool>,
         device: DeviceId,
         peers: shoal_peers::Peers,
+        nfs: crate::daemon::Nfs,
     ) -> Self {
         Supervisor {
             settings,
@@ -135,6 +138,7 @@ impl Supervisor {
             device_name: String::new(),
             device,
             peers,
+            nfs,
             last_seen: None,
             started: Instant::now(),
         }
@@ -279,6 +283,15 @@ impl Supervisor {
                     archive: folder.use_sync_trash(),
                     archive_keep,
                 });
+                let scans = running.scan_requests();
+                if let Err(e) = self.nfs.exports.set(
+                    name.as_str(),
+                    &dir,
+                    !folder.secret.is_read_write(),
+                    Arc::new(move |paths| scans.scan(paths)),
+                ) {
+                    warn!(namespace = %name, "cannot export over NFS: {e}");
+                }
                 State::Running(Box::new(Running {
                     folder: running,
                     puller,
@@ -309,6 +322,7 @@ impl Supervisor {
     /// same namespace can start again.
     async fn stop_namespace(&mut self, name: &NamespaceName) {
         if let Some(ns) = self.running.remove(name) {
+            self.nfs.exports.remove(name.as_str());
             self.peers.remove_share(ns.secret.share_id()).await;
             if let State::Running(running) = ns.state {
                 let Running { folder, puller } = *running;
@@ -331,10 +345,11 @@ impl Supervisor {
                         let sync = running.puller.status();
                         let index = running.folder.scanner().index();
                         let counts = index.counts().ok();
-                        let state = if sync.state == shoal_sync::SyncState::Syncing {
-                            json!("syncing")
-                        } else {
-                            serde_json::to_value(status.state).unwrap_or_default()
+                        let state = match sync.state {
+                            shoal_sync::SyncState::Syncing => json!("syncing"),
+                            // The disk is full: nothing is written until there is room again.
+                            shoal_sync::SyncState::Paused => json!("paused"),
+                            _ => serde_json::to_value(status.state).unwrap_or_default(),
                         };
                         (
                             state,
@@ -372,6 +387,7 @@ impl Supervisor {
             "state_path": self.settings.state_path,
             "node_id": self.peers.node_id().to_string(),
             "listen": self.peers.local_addr().map(|a| a.to_string()),
+            "nfs": self.nfs.status,
             "namespaces": namespaces,
         })
     }

@@ -29,6 +29,9 @@ const SHOAL_ENV: &[&str] = &[
     "SHOAL_LISTEN",
     "SHOAL_SYNC_PORT",
     "SHOAL_LAN",
+    "NFS",
+    "NFS_PORT",
+    "NFS_ALLOW",
 ];
 
 pub struct Node {
@@ -100,6 +103,8 @@ impl Node {
             .env("SHOAL_SYNC_PORT", "0")
             // No multicast outside loopback or namespaces the test creates.
             .env("SHOAL_LAN", "off")
+            // Many daemons run at once: NFS only where a test asks for it (on a port of its own).
+            .env("NFS", "off")
             .args(args)
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
@@ -314,4 +319,18 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Reproducible incompressible bytes (xorshift64*), the same for the same `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
