@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use shoal_core::chunk::Hash;
 use shoal_core::resolve::{Candidate, CandidateKind, resolve};
-use shoal_core::version::VersionVector;
+use shoal_core::version::{Ordering, VersionVector};
 use shoal_index::{Entry, Index, IndexError, Kind, PeerKey};
 
 /// One path this node must change.
@@ -66,6 +66,14 @@ pub fn plan(index: &Index, skip: impl Fn(&str, bool) -> bool) -> Result<Vec<Need
 }
 
 /// The need of one path, if any. The local entry, when present, is candidate 0.
+///
+/// The version recorded for the path is the merge of the versions whose content nothing is lost
+/// by superseding: the winner's, those of the same content, deletions, directories, versions some
+/// other record supersedes, and this node's own (kept as the winner, or as a conflict copy made
+/// here). A concurrent loser with other content held by another node is left out, so the record
+/// never supersedes it: its holder sees the conflict and makes the copy itself. Merging it here
+/// (as the resolver's merged version does) let the holder of the winner settle the conflict, and
+/// a holder of the loser that saw only the settled record then archived its edit with no copy.
 pub fn need_of(path: String, local: Option<Entry>, remote: Vec<(PeerKey, Entry)>) -> Option<Need> {
     let mut entries: Vec<&Entry> = Vec::with_capacity(remote.len() + 1);
     entries.extend(local.as_ref());
@@ -73,30 +81,45 @@ pub fn need_of(path: String, local: Option<Entry>, remote: Vec<(PeerKey, Entry)>
     let candidates: Vec<Candidate> = entries.iter().map(|e| candidate(e)).collect();
     let resolution = resolve(&candidates)?;
     let winner = entries[resolution.winner];
-    let same = |a: &Entry, b: &Entry| same_content(a, b);
+    // A record is superseded when another one's version is strictly greater.
+    let superseded = |e: &Entry| {
+        entries
+            .iter()
+            .any(|o| o.version.compare(&e.version) == Ordering::Greater)
+    };
+    // A live file or symlink, concurrent with the winner (or equal), with other content.
+    let loser_with_content =
+        |e: &Entry| !e.deleted && e.kind != Kind::Dir && !same_content(e, winner) && !superseded(e);
+    let keep_local_as_conflict = local.as_ref().is_some_and(loser_with_content);
+    let mut version = winner.version.clone();
+    for (i, e) in entries.iter().enumerate() {
+        let kept_here = i == 0 && local.is_some();
+        if kept_here || !loser_with_content(e) {
+            version.merge(&e.version);
+        }
+    }
     if let Some(l) = &local
-        && same(l, winner)
+        && same_content(l, winner)
     {
-        if l.version == resolution.version {
+        if l.version == version {
             return None;
         }
         return Some(Need {
             path,
-            target: with_version(l, resolution.version),
+            target: with_version(l, version),
             sources: Vec::new(),
             local,
             keep_local_as_conflict: false,
             version_only: true,
         });
     }
-    let mut target = with_version(winner, resolution.version);
+    let mut target = with_version(winner, version);
     target.local = Default::default();
     let sources = remote
         .iter()
-        .filter(|(_, e)| same(e, winner))
+        .filter(|(_, e)| same_content(e, winner))
         .map(|(p, _)| *p)
         .collect();
-    let keep_local_as_conflict = local.is_some() && resolution.conflict_copies.contains(&0);
     // Neither side has anything, in different ways: a tombstone replacing nothing is just recorded.
     let version_only = target.deleted && local.as_ref().is_none_or(|l| l.deleted);
     Some(Need {
@@ -160,4 +183,127 @@ fn content_id(e: &Entry) -> Hash {
         bytes.extend_from_slice(t.as_bytes());
     }
     Hash::of(&bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+mod tests {
+    use super::*;
+    use shoal_core::version::DeviceId;
+
+    const N1: DeviceId = DeviceId(1);
+    const N2: DeviceId = DeviceId(2);
+    const N3: DeviceId = DeviceId(3);
+
+    fn v(counters: &[(DeviceId, u64)]) -> VersionVector {
+        VersionVector::try_from(counters.to_vec()).unwrap()
+    }
+
+    /// A file with `content` (its hash), written at `mtime` by `by`, at version `version`.
+    fn file(content: u8, mtime: i64, by: DeviceId, version: VersionVector) -> Entry {
+        Entry {
+            kind: Kind::File,
+            deleted: false,
+            size: 10,
+            mode: 0o644,
+            mtime_ns: mtime,
+            local: Default::default(),
+            chunks: Vec::new(),
+            hash: Hash([content; 32]),
+            target: None,
+            version,
+            modified_by: by,
+            seq: 0,
+        }
+    }
+
+    fn peer(n: u8) -> PeerKey {
+        [n; 32]
+    }
+
+    // The partition of `make test`: n1 and n2 hold edit A (n1's), n3 holds the later edit B; both
+    // are edits of the base n1 wrote at {n1:1}.
+    fn edit_a() -> Entry {
+        file(0xa, 10, N1, v(&[(N1, 2)]))
+    }
+    fn edit_b() -> Entry {
+        file(0xb, 20, N3, v(&[(N1, 1), (N3, 1)]))
+    }
+
+    #[test]
+    fn the_holder_of_the_loser_keeps_it_as_a_copy_and_settles_the_conflict() {
+        let need = need_of("f".into(), Some(edit_a()), vec![(peer(3), edit_b())]).unwrap();
+        assert!(need.keep_local_as_conflict);
+        assert!(!need.version_only);
+        assert_eq!(need.target.hash, edit_b().hash);
+        assert_eq!(need.target.version, v(&[(N1, 2), (N3, 1)]));
+        assert_eq!(need.sources, vec![peer(3)]);
+    }
+
+    #[test]
+    fn the_holder_of_the_winner_does_not_settle_a_conflict_whose_loser_it_cannot_keep() {
+        // Merging A's version here would make n3's record supersede A: a holder of A that saw only
+        // that record would archive A and make no conflict copy (edit A lost from the tree).
+        assert!(need_of("f".into(), Some(edit_b()), vec![(peer(1), edit_a())]).is_none());
+    }
+
+    #[test]
+    fn a_loser_that_sees_only_the_settled_record_of_another_holder_replaces_its_copy_of_it() {
+        // n1 made the copy and recorded B at {n1:2, n3:1}; n2 holds the same A at {n1:2}.
+        let settled = file(0xb, 20, N3, v(&[(N1, 2), (N3, 1)]));
+        let need = need_of("f".into(), Some(edit_a()), vec![(peer(1), settled.clone())]).unwrap();
+        assert!(!need.keep_local_as_conflict, "n1 kept A already");
+        assert_eq!(need.target.version, settled.version);
+        // And the holder of the winner takes the settled version over, content unchanged.
+        let need = need_of("f".into(), Some(edit_b()), vec![(peer(1), settled.clone())]).unwrap();
+        assert!(need.version_only);
+        assert_eq!(need.target.version, settled.version);
+    }
+
+    #[test]
+    fn every_holder_of_the_loser_keeps_it_whatever_it_sees_first() {
+        // n2 holds A too and sees n1's A and n3's B before any settled record.
+        let need = need_of(
+            "f".into(),
+            Some(edit_a()),
+            vec![(peer(1), edit_a()), (peer(3), edit_b())],
+        )
+        .unwrap();
+        assert!(need.keep_local_as_conflict);
+        // A third content, concurrent with both, is neither kept here nor superseded.
+        let c = file(0xc, 15, N2, v(&[(N1, 1), (N2, 1)]));
+        let need = need_of(
+            "f".into(),
+            Some(edit_a()),
+            vec![(peer(2), c.clone()), (peer(3), edit_b())],
+        )
+        .unwrap();
+        assert!(need.keep_local_as_conflict);
+        assert_eq!(
+            need.target.version.compare(&c.version),
+            Ordering::Concurrent
+        );
+    }
+
+    #[test]
+    fn an_ordinary_update_or_a_lost_delete_makes_no_copy() {
+        let older = file(0xa, 10, N1, v(&[(N1, 1)]));
+        let newer = file(0xb, 20, N1, v(&[(N1, 2)]));
+        let need = need_of(
+            "f".into(),
+            Some(older.clone()),
+            vec![(peer(1), newer.clone())],
+        )
+        .unwrap();
+        assert!(!need.keep_local_as_conflict);
+        assert_eq!(need.target.version, newer.version);
+        // A deletion concurrent with an edit: the edit wins everywhere, and both versions merge.
+        let mut deleted = older.clone();
+        deleted.deleted = true;
+        deleted.version = v(&[(N1, 1), (N2, 1)]);
+        let need = need_of("f".into(), Some(deleted), vec![(peer(1), newer.clone())]).unwrap();
+        assert!(!need.keep_local_as_conflict && !need.target.deleted);
+        assert_eq!(need.target.version, v(&[(N1, 2), (N2, 1)]));
+        assert!(need_of("f".into(), Some(newer.clone()), vec![(peer(1), newer)]).is_none());
+    }
 }

@@ -300,90 +300,102 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
             .await
         };
         let needs = match planned {
-            Ok(Ok(needs)) => needs,
+            Ok(Ok(needs)) => Some(needs),
             Ok(Err(e)) => {
-                warn!(namespace = %config.name, "cannot plan: {e}");
-                Vec::new()
+                // Not "nothing needed": the temporaries of partial downloads stay for the retry.
+                warn!(namespace = %config.name, "cannot plan: {e}; retrying in {backoff:?}");
+                shared.update(|s| {
+                    s.state = SyncState::Retrying;
+                    s.error = Some(format!("cannot read the index: {e}"));
+                });
+                retry_at = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                None
             }
             Err(_) => return,
         };
-        remove_unneeded_temps(&config, &shared, &needs);
-        if needs.is_empty() {
-            if paused.take().is_some() {
-                info!(namespace = %config.name, "no longer paused: nothing left to write");
-            }
-            shared.update(|s| {
-                if s.state == SyncState::Paused {
-                    s.state = SyncState::Idle;
-                    s.error = None;
-                    s.disk_full = None;
-                } else if s.state != SyncState::Retrying {
-                    s.state = SyncState::Idle;
+        // The round: clean up, then pull (skipped when the plan failed).
+        if let Some(needs) = needs {
+            remove_unneeded_temps(&config, &shared, &needs);
+            if needs.is_empty() {
+                if paused.take().is_some() {
+                    info!(namespace = %config.name, "no longer paused: nothing left to write");
                 }
-                s.files_left = 0;
-                s.bytes_left = 0;
-            });
-        } else {
-            let outcome = pull(&config, &shared, needs, &mut stop).await;
-            if *stop.borrow() {
-                return;
-            }
-            match outcome {
-                Ok(()) => {
-                    backoff = Duration::from_secs(1);
-                    retry_at = None;
-                    if paused.take().is_some() {
-                        info!(namespace = %config.name, "resumed after the disk was full: in sync");
-                    }
-                    shared.update(|s| {
+                shared.update(|s| {
+                    if s.state == SyncState::Paused {
                         s.state = SyncState::Idle;
                         s.error = None;
                         s.disk_full = None;
-                    });
-                    // Plan again at once: peers may have announced more meanwhile.
-                    continue;
-                }
-                Err(Unfinished {
-                    why,
-                    short: Some(short),
-                }) => {
-                    let full = disk_full(root(&config), short).await;
-                    let now = tokio::time::Instant::now();
-                    // When the file system already shows room, the free space cannot tell when
-                    // there is more (a quota): only the slow retry and new changes try again.
-                    let blind = full.usable >= short.smallest;
-                    if paused.is_none() {
-                        warn!(namespace = %config.name, "sync paused, {}; first file: {why}", full.status);
-                    } else {
-                        debug!(namespace = %config.name, "still paused: {why}");
+                    } else if s.state != SyncState::Retrying || retry_at.is_none() {
+                        // Nothing left, and no retry pending: whatever failed is behind us.
+                        s.state = SyncState::Idle;
+                        s.error = None;
                     }
-                    shared.update(|s| {
-                        s.state = SyncState::Paused;
-                        s.error = Some(full.status.to_string());
-                        s.disk_full = Some(full.status);
-                    });
-                    paused = Some(Paused {
-                        smallest: short.smallest,
-                        blind,
-                        until: now + PAUSED_RETRY,
-                    });
-                    backoff = Duration::from_secs(1);
-                    retry_at = Some(if blind {
-                        now + PAUSED_RETRY
-                    } else {
-                        now + SPACE_POLL
-                    });
+                    s.files_left = 0;
+                    s.bytes_left = 0;
+                });
+            } else {
+                let outcome = pull(&config, &shared, needs, &mut stop).await;
+                if *stop.borrow() {
+                    return;
                 }
-                Err(Unfinished { why, short: None }) => {
-                    debug!(namespace = %config.name, "round left work undone: {why}; retrying in {backoff:?}");
-                    paused = None;
-                    shared.update(|s| {
-                        s.state = SyncState::Retrying;
-                        s.error = Some(why);
-                        s.disk_full = None;
-                    });
-                    retry_at = Some(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                match outcome {
+                    Ok(()) => {
+                        backoff = Duration::from_secs(1);
+                        retry_at = None;
+                        if paused.take().is_some() {
+                            info!(namespace = %config.name, "resumed after the disk was full: in sync");
+                        }
+                        shared.update(|s| {
+                            s.state = SyncState::Idle;
+                            s.error = None;
+                            s.disk_full = None;
+                        });
+                        // Plan again at once: peers may have announced more meanwhile.
+                        continue;
+                    }
+                    Err(Unfinished {
+                        why,
+                        short: Some(short),
+                    }) => {
+                        let full = disk_full(root(&config), short).await;
+                        let now = tokio::time::Instant::now();
+                        // When the file system already shows room, the free space cannot tell when
+                        // there is more (a quota): only the slow retry and new changes try again.
+                        let blind = full.usable >= short.smallest;
+                        if paused.is_none() {
+                            warn!(namespace = %config.name, "sync paused, {}; first file: {why}", full.status);
+                        } else {
+                            debug!(namespace = %config.name, "still paused: {why}");
+                        }
+                        shared.update(|s| {
+                            s.state = SyncState::Paused;
+                            s.error = Some(full.status.to_string());
+                            s.disk_full = Some(full.status);
+                        });
+                        paused = Some(Paused {
+                            smallest: short.smallest,
+                            blind,
+                            until: now + PAUSED_RETRY,
+                        });
+                        backoff = Duration::from_secs(1);
+                        retry_at = Some(if blind {
+                            now + PAUSED_RETRY
+                        } else {
+                            now + SPACE_POLL
+                        });
+                    }
+                    Err(Unfinished { why, short: None }) => {
+                        debug!(namespace = %config.name, "round left work undone: {why}; retrying in {backoff:?}");
+                        paused = None;
+                        shared.update(|s| {
+                            s.state = SyncState::Retrying;
+                            s.error = Some(why);
+                            s.disk_full = None;
+                        });
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
         }
