@@ -7,7 +7,7 @@
 //! watch the tree (watches exhausted), the folder says so once and falls back to periodic scans.
 //! Everything that writes this namespace's index runs on this one thread, so scans never race.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
-use shoal_core::ignore::is_reserved;
+use shoal_core::ignore::{is_reserved, is_temp_name};
 use tracing::{debug, error, info, warn};
 
 use crate::progress::ProgressSnapshot;
@@ -29,8 +29,13 @@ pub const QUIET: Duration = Duration::from_millis(10);
 pub const MAX_DELAY: Duration = Duration::from_millis(50);
 /// Scan interval when inotify is unavailable.
 pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
-/// When a file keeps changing while read, look again after this.
-const RETRY_CHANGING: Duration = Duration::from_millis(500);
+/// A file found changing while read, or still being written, is looked at again after this,
+/// whatever events it sends meanwhile (a file being streamed sends one per write).
+const RETRY_CHANGING: Duration = Duration::from_millis(100);
+/// A file at least this large whose inode changed less than [`BUSY_AGE`] ago is taken to be still
+/// being written, and is not read yet: reading it would be wasted, and slow the writer down.
+const BUSY_SIZE: u64 = 4 << 20;
+const BUSY_AGE: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
 pub struct FolderOptions {
@@ -196,19 +201,21 @@ impl Worker {
             None
         };
         let mut interval = self.interval(watcher.is_some());
-        self.full_scan();
+        // Files found changing, and when to look at them again.
+        let mut hot: BTreeMap<String, Instant> = BTreeMap::new();
+        let retry = Instant::now() + RETRY_CHANGING;
+        hot.extend(self.full_scan().into_iter().map(|p| (p, retry)));
         let mut next_full = Instant::now() + interval;
         let mut pending = BTreeSet::new();
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
-        let mut retry: Option<(Instant, Vec<String>)> = None;
         loop {
             let now = Instant::now();
             let mut deadline = next_full;
             if let Some(f) = first {
                 deadline = deadline.min((last + QUIET).min(f + MAX_DELAY));
             }
-            if let Some((at, _)) = &retry {
+            if let Some(at) = hot.values().min() {
                 deadline = deadline.min(*at);
             }
             let mut reload_ignore = false;
@@ -220,7 +227,9 @@ impl Worker {
                     for p in paths {
                         match relative(&root, &p) {
                             Some(rel) if rel == IGNORE_FILE => reload_ignore = true,
-                            Some(rel) if is_reserved(&rel) => {}
+                            // The puller's temporaries send an event per chunk written; the
+                            // scanner leaves them out anyway.
+                            Some(rel) if is_reserved(&rel) || is_temp_name(file_name(&rel)) => {}
                             Some(rel) => {
                                 pending.insert(rel);
                             }
@@ -261,16 +270,40 @@ impl Worker {
             if now >= next_full {
                 pending.clear();
                 first = None;
-                retry = None;
-                self.full_scan();
+                hot.clear();
+                let retry = Instant::now() + RETRY_CHANGING;
+                hot.extend(self.full_scan().into_iter().map(|p| (p, retry)));
                 next_full = Instant::now() + interval;
                 continue;
             }
-            if let Some((at, paths)) = retry.take_if(|(at, _)| now >= *at) {
-                let _ = at;
-                pending.extend(paths);
+            let due: Vec<String> = hot
+                .iter()
+                .filter(|(_, at)| now >= **at)
+                .map(|(p, _)| p.clone())
+                .collect();
+            if !due.is_empty() {
+                for p in due {
+                    hot.remove(&p);
+                    pending.insert(p);
+                }
                 first.get_or_insert(now);
                 last = now - QUIET;
+            }
+            // A file still being written waits for its turn, however many events it sends.
+            pending.retain(|p| !hot.contains_key(p));
+            if first.is_some_and(|f| now >= last + QUIET || now >= f + MAX_DELAY) {
+                let busy: Vec<String> = pending
+                    .iter()
+                    .filter(|p| being_written(&root, p))
+                    .cloned()
+                    .collect();
+                for p in busy {
+                    pending.remove(&p);
+                    hot.insert(p, now + RETRY_CHANGING);
+                }
+            }
+            if pending.is_empty() {
+                first = None;
             }
             if let Some(f) = first
                 && (now >= last + QUIET || now >= f + MAX_DELAY)
@@ -282,9 +315,10 @@ impl Worker {
                 }
                 debug!(root = %root.display(), paths = paths.len(), "scanning changed paths");
                 match self.scanner.scan(&paths) {
-                    Ok(report) => {
-                        if report.changing > 0 {
-                            retry = Some((Instant::now() + RETRY_CHANGING, paths));
+                    Ok(mut report) => {
+                        let at = Instant::now() + RETRY_CHANGING;
+                        for p in std::mem::take(&mut report.changing_paths) {
+                            hot.insert(p, at);
                         }
                         self.set_ok(report);
                     }
@@ -304,11 +338,19 @@ impl Worker {
         }
     }
 
-    fn full_scan(&self) {
+    /// Scans everything; returns the files found still changing.
+    fn full_scan(&self) -> Vec<String> {
         lock(&self.status).state = FolderState::Scanning;
         match self.scanner.scan_all() {
-            Ok(report) => self.set_ok(report),
-            Err(e) => self.set_error(&e),
+            Ok(mut report) => {
+                let changing = std::mem::take(&mut report.changing_paths);
+                self.set_ok(report);
+                changing
+            }
+            Err(e) => {
+                self.set_error(&e);
+                Vec::new()
+            }
         }
     }
 
@@ -382,4 +424,28 @@ fn relative(root: &Path, p: &Path) -> Option<String> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True for a large regular file whose inode changed in the last [`BUSY_AGE`] (ctime, which no
+/// one can set, unlike mtime).
+fn being_written(root: &Path, rel: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(root.join(rel)) else {
+        return false;
+    };
+    if !m.is_file() || m.len() < BUSY_SIZE {
+        return false;
+    }
+    let changed = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(m.ctime()).unwrap_or(0),
+            u32::try_from(m.ctime_nsec()).unwrap_or(0),
+        );
+    std::time::SystemTime::now()
+        .duration_since(changed)
+        .is_ok_and(|age| age < BUSY_AGE)
+}
+
+fn file_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
 }

@@ -13,6 +13,7 @@ pub struct Progress {
     files_done: AtomicU64,
     bytes_total: AtomicU64,
     bytes_done: AtomicU64,
+    read_since_start: AtomicU64,
     started: Mutex<Option<Instant>>,
 }
 
@@ -28,6 +29,9 @@ pub struct ProgressSnapshot {
     pub elapsed_s: f64,
     /// Hashing rate since the scan began.
     pub bytes_per_s: f64,
+    /// Bytes read by every scan since the scanner started, files given up on included: what
+    /// scanning has cost the disk.
+    pub bytes_read_total: u64,
 }
 
 impl Progress {
@@ -51,6 +55,7 @@ impl Progress {
 
     pub(crate) fn add_bytes(&self, n: u64) {
         self.bytes_done.fetch_add(n, Ordering::Relaxed);
+        self.read_since_start.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn file_done(&self) {
@@ -77,6 +82,7 @@ impl Progress {
             } else {
                 0.0
             },
+            bytes_read_total: self.read_since_start.load(Ordering::Relaxed),
         }
     }
 }

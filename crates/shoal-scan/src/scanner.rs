@@ -47,7 +47,7 @@ pub enum ScanError {
 }
 
 /// What a scan found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ScanReport {
     pub new: u64,
     pub changed: u64,
@@ -56,6 +56,9 @@ pub struct ScanReport {
     /// Files that kept changing while being read; the next event or scan picks them up.
     pub changing: u64,
     pub hashed_bytes: u64,
+    /// Which files were still changing: the folder looks at them again only once they may be done.
+    #[serde(skip)]
+    pub changing_paths: Vec<String>,
 }
 
 impl ScanReport {
@@ -363,6 +366,7 @@ impl Scanner {
                     Ok(Hashed::Changing) => {
                         debug!(path = %d.path, "still changing; will look again");
                         report.changing += 1;
+                        report.changing_paths.push(d.path.clone());
                     }
                     Ok(Hashed::Vanished) => {
                         // Gone between the walk and the read: record what is there now.
@@ -406,6 +410,7 @@ impl Scanner {
             report.deleted += 1;
         } else {
             report.changing += 1;
+            report.changing_paths.push(path.to_owned());
         }
         Ok(())
     }

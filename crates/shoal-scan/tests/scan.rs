@@ -488,6 +488,52 @@ fn the_watcher_records_changes_as_they_happen() {
 }
 
 #[test]
+fn a_file_being_written_is_not_read_again_at_every_write() {
+    // A writer streaming a 64 MiB file in 256 KiB writes (an NFS client, a large copy) sends an
+    // event per write. Each event used to start a read of up to 16 MiB of the file, three times,
+    // which took a core away from the writer.
+    let ns = Ns::new();
+    let index = ns.scanner.index().clone();
+    let root = ns.root.clone();
+    let folder = Folder::start(
+        Scanner::new(root.clone(), index.clone(), DEV),
+        FolderOptions::default(),
+        "test",
+    )
+    .unwrap();
+    wait_for("the first scan", || !folder.status().progress.scanning);
+    let before = folder.status().progress.bytes_read_total;
+    let block = vec![7u8; 256 << 10];
+    let mut f = std::fs::File::create(root.join("stream.bin")).unwrap();
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut f, &block).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(f);
+    let size = 64u64 << 20;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while index
+        .get("stream.bin")
+        .unwrap()
+        .is_none_or(|e| e.size != size)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the finished file was not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let read = folder.status().progress.bytes_read_total - before;
+    // Once whole when it is done, and at most a MiB or two each time it was found changing.
+    assert!(
+        read <= size + (16 << 20),
+        "read {} MiB to record a 64 MiB file",
+        read >> 20
+    );
+    folder.stop();
+}
+
+#[test]
 fn without_inotify_periodic_scans_still_find_changes() {
     let ns = Ns::new();
     let index = ns.scanner.index().clone();
