@@ -96,7 +96,7 @@ pub struct Connection {
     control: mpsc::Sender<Outgoing>,
     bulk: mpsc::Sender<Vec<u8>>,
     writer: Task,
-    _reader: Task,
+    reader: Task,
 }
 
 impl Connection {
@@ -131,7 +131,7 @@ impl Connection {
                 control,
                 bulk,
                 writer,
-                _reader: reader,
+                reader,
             },
             events,
         )
@@ -181,6 +181,14 @@ impl Connection {
         {
             let _ = (&mut self.writer.0).await;
         }
+    }
+
+    /// Ends the connection now, for every holder: both tasks stop, which closes the socket, and
+    /// every send waiting for room in a queue fails. For a peer given up for dead, whose link
+    /// would otherwise keep senders waiting until TCP itself gives up (minutes).
+    pub fn abort(&self) {
+        self.writer.0.abort();
+        self.reader.0.abort();
     }
 
     pub fn label(&self) -> &str {

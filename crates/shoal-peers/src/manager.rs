@@ -40,6 +40,8 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// A peer heard nothing from for this long is gone (a cable pulled, a partition: TCP alone can take
 /// many minutes to notice). The connection is dropped and redialed with backoff.
 const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// How long a connection being closed has to send its `Close` before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What the peer layer needs to start.
 #[derive(Debug)]
@@ -329,6 +331,8 @@ struct SessionState {
     last_seen: Instant,
     shares: HashMap<ShareId, Member>,
     reader: JoinHandle<()>,
+    /// Answers to this peer under way (see [`chunks::MAX_SERVING_PER_PEER`]).
+    serving: Arc<tokio::sync::Semaphore>,
 }
 
 struct Candidate {
@@ -483,13 +487,20 @@ impl Manager {
         let conn = s.conn.clone();
         let root = state.share.root.clone();
         let index = state.share.index.clone();
-        let serving = self.serving.clone();
+        let reading = self.serving.clone();
+        let answering = s.serving.clone();
         let upload = self.limits.upload.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = serving.acquire_owned().await else {
+            // This peer's slot is held until the answer is queued; a node-wide one only for the
+            // read, so that a peer whose link stopped draining holds none of the others'.
+            let Ok(_answering) = answering.acquire_owned().await else {
+                return;
+            };
+            let Ok(read_permit) = reading.acquire_owned().await else {
                 return;
             };
             let read = tokio::task::spawn_blocking(move || index.read_chunk(&root, &hash)).await;
+            drop(read_permit);
             let answer = match read {
                 Ok(Some(bytes)) => {
                     upload.take(bytes.len() as u64).await;
@@ -707,7 +718,7 @@ impl Manager {
                 self.candidates.remove(&d);
                 self.myself.insert(d);
             }
-            session.conn.close("connected to itself").await;
+            close_soon(session.conn, "connected to itself");
             return;
         }
         if let Some(&existing) = self.by_node.get(&session.peer) {
@@ -715,7 +726,7 @@ impl Manager {
                 self.drop_session(existing, Some("duplicate connection"))
                     .await;
             } else {
-                session.conn.close("duplicate connection").await;
+                close_soon(session.conn, "duplicate connection");
                 return;
             }
         }
@@ -766,6 +777,7 @@ impl Manager {
                 last_seen: Instant::now(),
                 shares: HashMap::new(),
                 reader,
+                serving: Arc::new(tokio::sync::Semaphore::new(chunks::MAX_SERVING_PER_PEER)),
             },
         );
     }
@@ -815,15 +827,21 @@ impl Manager {
             c.next_at = Instant::now() + c.backoff.next_delay(jitter());
         }
         info!(peer = %s.peer.short(), device = %s.device_name, reason = reason.unwrap_or("closed"), "peer disconnected");
-        if let Some(reason) = reason {
-            match Arc::try_unwrap(s.conn) {
-                Ok(conn) => conn.close(reason).await,
-                Err(conn) => {
-                    let _ = conn.try_send(&Message::Close {
-                        reason: reason.to_owned(),
-                    });
-                }
+        // Tell the peer why when it still listens, then end the connection for every holder:
+        // answers waiting for room in its queues hold it too, and a dead peer's link would keep
+        // them (and a graceful close awaited here, the whole actor) waiting until TCP gives up.
+        let conn = s.conn;
+        match reason {
+            Some(reason) => {
+                let _ = conn.try_send(&Message::Close {
+                    reason: reason.to_owned(),
+                });
+                tokio::spawn(async move {
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                    conn.abort();
+                });
             }
+            None => conn.abort(),
         }
     }
 
@@ -1215,6 +1233,14 @@ fn jitter() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     f64::from(nanos % 1000) / 1000.0
+}
+
+/// Closes a connection off the actor: a peer that does not read cannot hold the actor up.
+fn close_soon(conn: Connection, reason: &'static str) {
+    tokio::spawn(async move {
+        // Dropping the connection when the time is up cuts it.
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.close(reason)).await;
+    });
 }
 
 #[cfg(test)]

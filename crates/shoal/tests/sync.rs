@@ -380,6 +380,41 @@ fn a_node_killed_mid_transfer_resumes_with_no_partial_file() {
 }
 
 #[test]
+fn a_peer_that_stops_reading_does_not_stall_the_others() {
+    // Found by `make test`: a node killed with chunk requests in flight (no TCP reset comes from a
+    // vanished container) had the sender's answers to it wait for a link that never drains, and
+    // they held every one of the sender's serving slots, so the other nodes got nothing either.
+    // A frozen process is the same for its peers: it stops reading, and its kernel still ACKs.
+    let c = Cluster::new(3, &shoal_secret());
+    let data = noise(160 << 20, 11);
+    write(&c.dir(0).join("shared.bin"), &data);
+    wait_until(CONVERGE, "node 1 is receiving", || {
+        temporaries(&c.dir(1)).iter().any(|t| {
+            std::fs::metadata(t)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 8 << 20)
+        })
+    });
+    let frozen = nix::unistd::Pid::from_raw(c.daemons[1].as_ref().unwrap().pid());
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Well before node 0 gives node 1 up for dead (30 s without a word).
+    let got = (|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::fs::read(c.dir(2).join("shared.bin"))
+                .is_ok_and(|b| blake3::hash(&b) == blake3::hash(&data))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })();
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(got, "node 2 did not get the file while node 1 was frozen");
+    c.converge(0, "node 1 thawed");
+}
+
+#[test]
 fn a_node_offline_catches_up_with_ten_thousand_files_and_a_gigabyte() {
     let mut c = Cluster::new(2, &shoal_secret());
     let mut d = c.daemons[1].take().unwrap();
