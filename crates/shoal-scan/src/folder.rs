@@ -29,9 +29,12 @@ pub const QUIET: Duration = Duration::from_millis(10);
 pub const MAX_DELAY: Duration = Duration::from_millis(50);
 /// Scan interval when inotify is unavailable.
 pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
-/// A file found changing while read, or still being written, is looked at again after this,
-/// whatever events it sends meanwhile (a file being streamed sends one per write).
+/// A file found changing while read, or still being written, is looked at again after this (then
+/// twice as long each time it still is), whatever events it sends meanwhile (a file being streamed
+/// sends one per write).
 const RETRY_CHANGING: Duration = Duration::from_millis(100);
+/// The longest such a file waits between two looks while it keeps changing.
+const RETRY_CHANGING_MAX: Duration = Duration::from_millis(1600);
 /// A file at least this large whose inode changed less than [`BUSY_AGE`] ago is taken to be still
 /// being written, and is not read yet: reading it would be wasted, and slow the writer down.
 const BUSY_SIZE: u64 = 4 << 20;
@@ -202,9 +205,10 @@ impl Worker {
         };
         let mut interval = self.interval(watcher.is_some());
         // Files found changing, and when to look at them again.
-        let mut hot: BTreeMap<String, Instant> = BTreeMap::new();
-        let retry = Instant::now() + RETRY_CHANGING;
-        hot.extend(self.full_scan().into_iter().map(|p| (p, retry)));
+        let mut hot = Hot::default();
+        for p in self.full_scan() {
+            hot.defer(p, Instant::now());
+        }
         let mut next_full = Instant::now() + interval;
         let mut pending = BTreeSet::new();
         let mut first: Option<Instant> = None;
@@ -215,8 +219,8 @@ impl Worker {
             if let Some(f) = first {
                 deadline = deadline.min((last + QUIET).min(f + MAX_DELAY));
             }
-            if let Some(at) = hot.values().min() {
-                deadline = deadline.min(*at);
+            if let Some(at) = hot.next_due() {
+                deadline = deadline.min(at);
             }
             let mut reload_ignore = false;
             match self
@@ -270,27 +274,21 @@ impl Worker {
             if now >= next_full {
                 pending.clear();
                 first = None;
-                hot.clear();
-                let retry = Instant::now() + RETRY_CHANGING;
-                hot.extend(self.full_scan().into_iter().map(|p| (p, retry)));
+                hot = Hot::default();
+                for p in self.full_scan() {
+                    hot.defer(p, Instant::now());
+                }
                 next_full = Instant::now() + interval;
                 continue;
             }
-            let due: Vec<String> = hot
-                .iter()
-                .filter(|(_, at)| now >= **at)
-                .map(|(p, _)| p.clone())
-                .collect();
+            let due = hot.take_due(now);
             if !due.is_empty() {
-                for p in due {
-                    hot.remove(&p);
-                    pending.insert(p);
-                }
+                pending.extend(due);
                 first.get_or_insert(now);
                 last = now - QUIET;
             }
             // A file still being written waits for its turn, however many events it sends.
-            pending.retain(|p| !hot.contains_key(p));
+            pending.retain(|p| !hot.waiting(p));
             if first.is_some_and(|f| now >= last + QUIET || now >= f + MAX_DELAY) {
                 let busy: Vec<String> = pending
                     .iter()
@@ -299,7 +297,7 @@ impl Worker {
                     .collect();
                 for p in busy {
                     pending.remove(&p);
-                    hot.insert(p, now + RETRY_CHANGING);
+                    hot.defer(p, now);
                 }
             }
             if pending.is_empty() {
@@ -316,9 +314,10 @@ impl Worker {
                 debug!(root = %root.display(), paths = paths.len(), "scanning changed paths");
                 match self.scanner.scan(&paths) {
                     Ok(mut report) => {
-                        let at = Instant::now() + RETRY_CHANGING;
-                        for p in std::mem::take(&mut report.changing_paths) {
-                            hot.insert(p, at);
+                        let changing = std::mem::take(&mut report.changing_paths);
+                        hot.settled(&paths, &changing);
+                        for p in changing {
+                            hot.defer(p, Instant::now());
                         }
                         self.set_ok(report);
                     }
@@ -424,6 +423,55 @@ fn relative(root: &Path, p: &Path) -> Option<String> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Files found still being written: when each is looked at again, and how many times in a row
+/// it was found so. The wait doubles each time (a file streamed for minutes is read a handful of
+/// times, not ten times a second), up to [`RETRY_CHANGING_MAX`].
+#[derive(Default)]
+struct Hot {
+    due: BTreeMap<String, Instant>,
+    strikes: std::collections::HashMap<String, u32>,
+}
+
+impl Hot {
+    fn defer(&mut self, path: String, now: Instant) {
+        let strikes = self.strikes.entry(path.clone()).or_insert(0);
+        let wait = (RETRY_CHANGING * 2u32.saturating_pow(*strikes)).min(RETRY_CHANGING_MAX);
+        *strikes = strikes.saturating_add(1);
+        self.due.insert(path, now + wait);
+    }
+
+    fn waiting(&self, path: &str) -> bool {
+        self.due.contains_key(path)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    /// The files whose wait is over (their strikes are kept until they are read whole).
+    fn take_due(&mut self, now: Instant) -> Vec<String> {
+        let due: Vec<String> = self
+            .due
+            .iter()
+            .filter(|(_, at)| now >= **at)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &due {
+            self.due.remove(p);
+        }
+        due
+    }
+
+    /// `scanned` were scanned and all but `changing` recorded: they start afresh.
+    fn settled(&mut self, scanned: &[String], changing: &[String]) {
+        for p in scanned {
+            if !changing.contains(p) {
+                self.strikes.remove(p);
+            }
+        }
+    }
 }
 
 /// True for a large regular file whose inode changed in the last [`BUSY_AGE`] (ctime, which no
