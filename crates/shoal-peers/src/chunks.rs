@@ -5,7 +5,7 @@
 pub const MAX_SERVING: usize = 16;
 /// Answers to one peer read or waiting for its link at once (each holds up to 1 MiB). Per peer,
 /// so that a peer that stops reading (frozen, or gone without a TCP reset) holds only its own.
-pub const MAX_SERVING_PER_PEER: usize = 8;
+pub const MAX_SERVING_PER_PEER: usize = 16;
 
 /// Why a chunk could not be fetched from a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
