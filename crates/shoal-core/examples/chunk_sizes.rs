@@ -7,19 +7,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use shoal_core::chunk::{Chunk, ChunkHasher, Chunker, Hash};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use shoal_core::testing::noise;
 
 fn chunk(data: &[u8], sizes: (u32, u32, u32)) -> Vec<Chunk> {
     let mut h = ChunkHasher::with_chunker(Chunker::with_sizes(sizes.0, sizes.1, sizes.2));

@@ -5,20 +5,7 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 
 use super::*;
-
-/// Reproducible incompressible bytes (xorshift64*), the worst case for finding cut points.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        out.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use crate::testing::noise;
 
 fn assert_well_formed(data: &[u8], chunks: &[Chunk]) {
     let mut offset = 0u64;

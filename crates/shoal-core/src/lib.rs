@@ -10,4 +10,6 @@ pub mod ignore;
 pub mod name;
 pub mod resolve;
 pub mod secret;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod version;

@@ -43,6 +43,12 @@ impl Ns {
         std::fs::write(p, data).unwrap();
     }
 
+    /// A folder thread (inotify and all) over this namespace's root and index.
+    fn watch(&self) -> Folder {
+        let scanner = Scanner::new(self.root.clone(), self.scanner.index().clone(), DEV);
+        Folder::start(scanner, FolderOptions::default(), "test").unwrap()
+    }
+
     fn scan(&self) -> shoal_scan::ScanReport {
         self.scanner.scan_all().unwrap()
     }
@@ -431,12 +437,7 @@ fn the_watcher_records_changes_as_they_happen() {
     ns.write("before.txt", b"b");
     let index = ns.scanner.index().clone();
     let root = ns.root.clone();
-    let folder = Folder::start(
-        Scanner::new(root.clone(), index.clone(), DEV),
-        FolderOptions::default(),
-        "test",
-    )
-    .unwrap();
+    let folder = ns.watch();
     wait_for("the first scan", || {
         index.get("before.txt").unwrap().is_some()
     });
@@ -495,12 +496,7 @@ fn a_file_being_written_is_not_read_again_at_every_write() {
     let ns = Ns::new();
     let index = ns.scanner.index().clone();
     let root = ns.root.clone();
-    let folder = Folder::start(
-        Scanner::new(root.clone(), index.clone(), DEV),
-        FolderOptions::default(),
-        "test",
-    )
-    .unwrap();
+    let folder = ns.watch();
     wait_for("the first scan", || !folder.status().progress.scanning);
     let before = folder.status().progress.bytes_read_total;
     let block = vec![7u8; 256 << 10];
@@ -524,9 +520,10 @@ fn a_file_being_written_is_not_read_again_at_every_write() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let read = folder.status().progress.bytes_read_total - before;
-    // Once whole when it is done, and at most a MiB or two each time it was found changing.
+    // Once whole when it is done, and a MiB or two each time it was found changing (a loaded
+    // machine may let a read or two of the unfinished file complete: still far from 496 MiB).
     assert!(
-        read <= size + (16 << 20),
+        read <= 2 * size,
         "read {} MiB to record a 64 MiB file",
         read >> 20
     );

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, MAKEFILE_SECRET, Node, noise, wait_until};
+use common::{Daemon, MAKEFILE_SECRET, Node, wait_until};
+use shoal_core::testing::noise;
 
 const NS: &str = "shared";
 

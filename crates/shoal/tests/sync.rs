@@ -9,7 +9,8 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Node, noise, wait_until};
+use common::{Daemon, Node, wait_until};
+use shoal_core::testing::noise;
 
 const NS: &str = "shared";
 const CONVERGE: Duration = Duration::from_secs(30);

@@ -16,10 +16,10 @@ const TRIM_EVERY: Duration = Duration::from_secs(3);
 /// Buffers up to this size come from the heap and are reused, instead of each being mapped
 /// afresh (and page-faulted in, and zeroed, and unmapped): an NFS READ or WRITE and a chunk are
 /// 1 MiB, and that cost per request was a tenth of an NFS read's CPU.
-const MMAP_THRESHOLD: i32 = 16 << 20;
+const MMAP_THRESHOLD: i32 = 4 << 20;
 /// Free memory at the top of the heap is kept up to this much between periodic trims (which
 /// return it all), so that a burst does not hand pages back and fault them in again per request.
-const TRIM_THRESHOLD: i32 = 64 << 20;
+const TRIM_THRESHOLD: i32 = 8 << 20;
 
 /// Limits glibc to two arenas and keeps request-sized buffers on the heap. Call before the
 /// runtime starts its threads.
