@@ -370,3 +370,65 @@ fn read_only_namespaces_and_disallowed_networks() {
     let status = fenced.node.status_json();
     assert_eq!(status["nfs"]["allow"][0], "10.0.0.0/8");
 }
+
+/// Threads of `pid` named `name`.
+fn threads_named(pid: i32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|comm| comm.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn connections_that_end_any_way_leave_no_relay_behind() {
+    // Each allowed client is relayed by two threads; whatever way a connection ends (at once,
+    // after a partial request, after garbage, mid-reply), both must go.
+    use std::io::{Read, Write};
+    let node = Server::start(&[(NS, MAKEFILE_SECRET)], &[], None);
+    std::fs::write(node.dir(NS).join("big"), vec![7u8; 8 << 20]).unwrap();
+    let pid = node._daemon.pid();
+    let addr = ("127.0.0.1", node.port);
+    // While a connection is open, its two relay threads are there to be seen.
+    let open = std::net::TcpStream::connect(addr).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "an open connection's relay",
+        || threads_named(pid, "nfs-relay") == 2,
+    );
+    drop(open);
+    for i in 0..30 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        match i % 3 {
+            0 => {}
+            // The start of a record marker, and nothing more.
+            1 => s.write_all(&[0x80, 0, 0]).unwrap(),
+            // A record of garbage.
+            _ => s
+                .write_all(&[0x80, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+                .unwrap(),
+        }
+    }
+    // A client that goes away in the middle of a large reply.
+    let mut reader = Command::new("nfs-cat")
+        .arg(node.url("shared/big"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nfs-cat");
+    let mut first = [0u8; 4096];
+    let _ = reader.stdout.as_mut().unwrap().read(&mut first);
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    wait_until(Duration::from_secs(20), "every relay thread to end", || {
+        threads_named(pid, "nfs-relay") == 0
+    });
+    // And the server still serves.
+    let listed = libnfs_ok("nfs-ls", &[&node.url(NS)]);
+    assert!(common::stdout(&listed).contains("big"));
+}
