@@ -117,10 +117,7 @@ pub async fn serve(
                     continue;
                 }
             };
-            let started = std::thread::Builder::new()
-                .name("nfs-relay".into())
-                .spawn(move || relay(client, peer.ip(), inner_port));
-            if let Err(e) = started {
+            if let Err(e) = relay_thread(move || relay(client, peer.ip(), inner_port)) {
                 warn!(client = %peer, "cannot start an NFS relay: {e}");
             }
         }
@@ -129,6 +126,15 @@ pub async fn serve(
         port,
         tasks: vec![gate, protocol],
     })
+}
+
+/// Starts a relay thread (named so, for `ps -L` and the tests).
+fn relay_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name("nfs-relay".into())
+        .spawn(f)
 }
 
 /// Relays one allowed client to the protocol listener until either side closes.
@@ -153,9 +159,7 @@ fn relay(client: std::net::TcpStream, peer: IpAddr, inner_port: u16) {
             return;
         }
     };
-    let down = std::thread::Builder::new()
-        .name("nfs-relay".into())
-        .spawn(move || pump(&server_in, &client_out));
+    let down = relay_thread(move || pump(&server_in, &client_out));
     let up = pump(&client, &server);
     let down = match down {
         Ok(t) => t

@@ -35,10 +35,6 @@ pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
 const RETRY_CHANGING: Duration = Duration::from_millis(100);
 /// The longest such a file waits between two looks while it keeps changing.
 const RETRY_CHANGING_MAX: Duration = Duration::from_millis(1600);
-/// A file at least this large whose inode changed less than [`BUSY_AGE`] ago is taken to be still
-/// being written, and is not read yet: reading it would be wasted, and slow the writer down.
-const BUSY_SIZE: u64 = 4 << 20;
-const BUSY_AGE: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
 pub struct FolderOptions {
@@ -288,17 +284,8 @@ impl Worker {
                 last = now - QUIET;
             }
             // A file still being written waits for its turn, however many events it sends.
-            pending.retain(|p| !hot.waiting(p));
-            if first.is_some_and(|f| now >= last + QUIET || now >= f + MAX_DELAY) {
-                let busy: Vec<String> = pending
-                    .iter()
-                    .filter(|p| being_written(&root, p))
-                    .cloned()
-                    .collect();
-                for p in busy {
-                    pending.remove(&p);
-                    hot.defer(p, now);
-                }
+            if !hot.due.is_empty() {
+                pending.retain(|p| !hot.waiting(p));
             }
             if pending.is_empty() {
                 first = None;
@@ -314,7 +301,7 @@ impl Worker {
                 debug!(root = %root.display(), paths = paths.len(), "scanning changed paths");
                 match self.scanner.scan(&paths) {
                     Ok(mut report) => {
-                        let changing = std::mem::take(&mut report.changing_paths);
+                        let changing = std::mem::take(&mut report.changing);
                         hot.settled(&paths, &changing);
                         for p in changing {
                             hot.defer(p, Instant::now());
@@ -342,7 +329,7 @@ impl Worker {
         lock(&self.status).state = FolderState::Scanning;
         match self.scanner.scan_all() {
             Ok(mut report) => {
-                let changing = std::mem::take(&mut report.changing_paths);
+                let changing = std::mem::take(&mut report.changing);
                 self.set_ok(report);
                 changing
             }
@@ -472,26 +459,6 @@ impl Hot {
             }
         }
     }
-}
-
-/// True for a large regular file whose inode changed in the last [`BUSY_AGE`] (ctime, which no
-/// one can set, unlike mtime).
-fn being_written(root: &Path, rel: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::symlink_metadata(root.join(rel)) else {
-        return false;
-    };
-    if !m.is_file() || m.len() < BUSY_SIZE {
-        return false;
-    }
-    let changed = std::time::UNIX_EPOCH
-        + Duration::new(
-            u64::try_from(m.ctime()).unwrap_or(0),
-            u32::try_from(m.ctime_nsec()).unwrap_or(0),
-        );
-    std::time::SystemTime::now()
-        .duration_since(changed)
-        .is_ok_and(|age| age < BUSY_AGE)
 }
 
 fn file_name(rel: &str) -> &str {

@@ -53,18 +53,45 @@ pub struct ScanReport {
     pub changed: u64,
     pub deleted: u64,
     pub unchanged: u64,
-    /// Files that kept changing while being read; the next event or scan picks them up.
-    pub changing: u64,
     pub hashed_bytes: u64,
-    /// Which files were still changing: the folder looks at them again only once they may be done.
-    #[serde(skip)]
-    pub changing_paths: Vec<String>,
+    /// Files still being written, or that changed while read: the folder looks at them again once
+    /// they may be done. Shown as their number.
+    #[serde(rename = "changing", serialize_with = "count")]
+    pub changing: Vec<String>,
+}
+
+fn count<S: serde::Serializer>(paths: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(paths.len() as u64)
 }
 
 impl ScanReport {
     pub fn recorded(&self) -> u64 {
         self.new + self.changed + self.deleted
     }
+}
+
+/// What a scan does with a large file that looks like it is still being written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Busy {
+    /// Reads it anyway (full scans: whoever asked wants every file recorded).
+    Read,
+    /// Reports it as changing without reading it (scans of changed paths: the folder looks again).
+    Defer,
+}
+
+/// A file at least this large whose inode changed less than [`BUSY_AGE`] ago is taken to be still
+/// being written: reading it would be wasted, and slow the writer down.
+const BUSY_SIZE: u64 = 4 << 20;
+const BUSY_AGE: Duration = Duration::from_millis(20);
+
+/// True for a large file whose inode (ctime, which no one can set, unlike mtime) changed in the
+/// last [`BUSY_AGE`] before `wall`.
+fn being_written(stat: &DiskStat, wall: SystemTime) -> bool {
+    let Ok(now) = wall.duration_since(UNIX_EPOCH) else {
+        return false;
+    };
+    let age = i128::try_from(now.as_nanos()).unwrap_or(i128::MAX) - i128::from(stat.local.ctime_ns);
+    stat.size >= BUSY_SIZE && (0..BUSY_AGE.as_nanos() as i128).contains(&age)
 }
 
 /// Keeps one namespace's index equal to its disk.
@@ -153,7 +180,7 @@ impl Scanner {
         }
         self.progress.begin();
         let started = Instant::now();
-        let result = self.scan_roots(&[String::new()]);
+        let result = self.scan_roots(&[String::new()], Busy::Read);
         self.progress.end();
         release_memory();
         if result.is_ok() {
@@ -179,7 +206,7 @@ impl Scanner {
         if !self.root.is_dir() {
             return Err(ScanError::RootMissing(self.root.clone()));
         }
-        self.scan_roots(&coalesce(minimal_roots(paths)))
+        self.scan_roots(&coalesce(minimal_roots(paths)), Busy::Defer)
     }
 
     /// Keeps scans out while held: for whoever else writes files into the namespace and records them
@@ -205,7 +232,7 @@ impl Scanner {
         self.device
     }
 
-    fn scan_roots(&self, roots: &[String]) -> Result<ScanReport, ScanError> {
+    fn scan_roots(&self, roots: &[String], busy: Busy) -> Result<ScanReport, ScanError> {
         let _exclusive = self.exclusive();
         let mut report = ScanReport::default();
         let mut actions = Vec::new();
@@ -227,7 +254,7 @@ impl Scanner {
                 );
             }
         }
-        self.apply(actions, &mut report)?;
+        self.apply(actions, busy, &mut report)?;
         Ok(report)
     }
 
@@ -279,7 +306,12 @@ impl Scanner {
     }
 
     /// Hashes what needs it and records every action, in batches.
-    fn apply(&self, actions: Vec<Action>, report: &mut ScanReport) -> Result<(), ScanError> {
+    fn apply(
+        &self,
+        actions: Vec<Action>,
+        busy: Busy,
+        report: &mut ScanReport,
+    ) -> Result<(), ScanError> {
         let mut batch = self.index.batch();
         let mut last_commit = Instant::now();
         let mut last_log = Instant::now();
@@ -332,6 +364,17 @@ impl Scanner {
             }
             self.maybe_commit(&mut batch, &mut last_commit)?;
         }
+        if busy == Busy::Defer {
+            // From the stat the walk took: no read, no extra system call.
+            let wall = SystemTime::now();
+            to_hash.retain(|d| {
+                let writing = being_written(&d.stat, wall);
+                if writing {
+                    report.changing.push(d.path.clone());
+                }
+                !writing
+            });
+        }
         self.progress.add_work(
             to_hash.len() as u64,
             to_hash.iter().map(|d| d.stat.size).sum(),
@@ -365,8 +408,7 @@ impl Scanner {
                     }
                     Ok(Hashed::Changing) => {
                         debug!(path = %d.path, "still changing; will look again");
-                        report.changing += 1;
-                        report.changing_paths.push(d.path.clone());
+                        report.changing.push(d.path.clone());
                     }
                     Ok(Hashed::Vanished) => {
                         // Gone between the walk and the read: record what is there now.
@@ -409,8 +451,7 @@ impl Scanner {
             batch.put(path, self.tombstone(&old, now));
             report.deleted += 1;
         } else {
-            report.changing += 1;
-            report.changing_paths.push(path.to_owned());
+            report.changing.push(path.to_owned());
         }
         Ok(())
     }

@@ -423,8 +423,12 @@ fn kill_9_during_a_scan_leaves_a_consistent_index() {
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_for_within(Duration::from_secs(5), what, f);
+}
+
+fn wait_for_within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
@@ -507,18 +511,12 @@ fn a_file_being_written_is_not_read_again_at_every_write() {
     }
     drop(f);
     let size = 64u64 << 20;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while index
-        .get("stream.bin")
-        .unwrap()
-        .is_none_or(|e| e.size != size)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the finished file was not recorded"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_within(Duration::from_secs(20), "the finished file", || {
+        index
+            .get("stream.bin")
+            .unwrap()
+            .is_some_and(|e| e.size == size)
+    });
     let read = folder.status().progress.bytes_read_total - before;
     // Once whole when it is done, and a MiB or two each time it was found changing (a loaded
     // machine may let a read or two of the unfinished file complete: still far from 496 MiB).

@@ -380,6 +380,23 @@ fn a_node_killed_mid_transfer_resumes_with_no_partial_file() {
     c.converge(0, "after a kill -9");
 }
 
+/// A process stopped with SIGSTOP, continued when this is dropped (a failed assertion too).
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn stop(pid: i32) -> Frozen {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 #[test]
 fn a_peer_that_stops_reading_does_not_stall_the_others() {
     // Found by `make test`: a node killed with chunk requests in flight (no TCP reset comes from a
@@ -395,23 +412,17 @@ fn a_peer_that_stops_reading_does_not_stall_the_others() {
                 .is_ok_and(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 8 << 20)
         })
     });
-    let frozen = nix::unistd::Pid::from_raw(c.daemons[1].as_ref().unwrap().pid());
-    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen = Frozen::stop(c.daemons[1].as_ref().unwrap().pid());
     // Well before node 0 gives node 1 up for dead (30 s without a word).
-    let got = (|| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::fs::read(c.dir(2).join("shared.bin"))
+    wait_until(
+        Duration::from_secs(20),
+        "node 2 to get the file while node 1 is frozen",
+        || {
+            std::fs::read(c.dir(2).join("shared.bin"))
                 .is_ok_and(|b| blake3::hash(&b) == blake3::hash(&data))
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    })();
-    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGCONT).unwrap();
-    assert!(got, "node 2 did not get the file while node 1 was frozen");
+        },
+    );
+    drop(frozen);
     c.converge(0, "node 1 thawed");
 }
 
