@@ -316,7 +316,10 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
         };
         // The round: clean up, then pull (skipped when the plan failed).
         if let Some(needs) = needs {
-            remove_unneeded_temps(&config, &shared, &needs);
+            // The temporaries this plan resumes into; any other is left from a version since lost.
+            let wanted: HashSet<PathBuf> =
+                needs.iter().filter_map(|n| temp_of(&config, n)).collect();
+            remove_unneeded_temps(&config, &shared, &wanted);
             if needs.is_empty() {
                 if paused.take().is_some() {
                     info!(namespace = %config.name, "no longer paused: nothing left to write");
@@ -335,7 +338,7 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
                     s.bytes_left = 0;
                 });
             } else {
-                let outcome = pull(&config, &shared, needs, &mut stop).await;
+                let outcome = pull(&config, &shared, needs, wanted, &mut stop).await;
                 if *stop.borrow() {
                     return;
                 }
@@ -487,12 +490,8 @@ fn temp_of(config: &PullerConfig, need: &Need) -> Option<PathBuf> {
 /// Removes the temporaries of earlier rounds that no need of this plan resumes into: the
 /// version they were for lost (a newer edit, a conflict settled) or arrived by other means (the
 /// same file made here). Without this they stayed on disk for good, hidden but taking its space.
-fn remove_unneeded_temps(config: &PullerConfig, shared: &Shared, needs: &[Need]) {
+fn remove_unneeded_temps(config: &PullerConfig, shared: &Shared, wanted: &HashSet<PathBuf>) {
     let mut temps = lock(&shared.temps);
-    if temps.is_empty() {
-        return;
-    }
-    let wanted: HashSet<PathBuf> = needs.iter().filter_map(|n| temp_of(config, n)).collect();
     temps.retain(|temp| {
         if wanted.contains(temp) {
             return true;
@@ -516,17 +515,12 @@ async fn pull(
     config: &Arc<PullerConfig>,
     shared: &Arc<Shared>,
     needs: Vec<Need>,
+    wanted: HashSet<PathBuf>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Unfinished> {
     let files = needs.iter().filter(|n| !n.version_only).count() as u64;
     let bytes: u64 = needs.iter().map(Need::bytes).sum();
     let was_paused = shared.status().state == SyncState::Paused;
-    // The temporaries this round may use, should stale ones have to go to make room.
-    let wanted: std::collections::HashSet<PathBuf> = needs
-        .iter()
-        .filter(|n| !n.version_only && !n.target.deleted && n.target.kind != Kind::Dir)
-        .map(|n| temp_path(&abs(root(config), &n.path), &n.target.hash))
-        .collect();
     shared.bytes_done.store(0, Ordering::Relaxed);
     *lock(&shared.round_started) = Some(Instant::now());
     shared.update(|s| {
@@ -628,10 +622,7 @@ async fn pull(
 
 /// Deletes every temporary file under `root` (not in `.sync/`) that is not in `wanted`: what is
 /// left of transfers of versions since replaced. Returns how many and their bytes on disk.
-fn remove_stale_temporaries(
-    root: &Path,
-    wanted: &std::collections::HashSet<PathBuf>,
-) -> (u64, u64) {
+fn remove_stale_temporaries(root: &Path, wanted: &HashSet<PathBuf>) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
