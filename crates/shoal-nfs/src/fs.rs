@@ -577,9 +577,10 @@ impl Inner {
         }
     }
 
-    /// Opens a regular file by handle and checks it is still that file.
+    /// Opens a regular file by handle and checks it is still that file; the located entry carries
+    /// the open file's own attributes.
     fn open_file(&self, fh: &Fh, flags: OFlags) -> Result<(Located, File), nfsstat3> {
-        let found = self.entry(fh)?;
+        let mut found = self.entry(fh)?;
         match kind(&found.stat) {
             ftype3::NF3REG => {}
             ftype3::NF3DIR => return Err(nfsstat3::NFS3ERR_ISDIR),
@@ -591,6 +592,7 @@ impl Inner {
             // Replaced between the lookup and the open.
             return Err(nfsstat3::NFS3ERR_STALE);
         }
+        found.stat = stat;
         Ok((found, File::from(fd)))
     }
 
@@ -790,8 +792,8 @@ impl NfsReadFileSystem for ShoalFs {
 
     async fn read(&self, id: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
         blocking(|| {
-            let (_, file) = self.inner.open_file(id, OFlags::RDONLY)?;
-            let size = file.metadata().map_err(io_errno)?.len();
+            let (found, file) = self.inner.open_file(id, OFlags::RDONLY)?;
+            let size = found.stat.stx_size;
             let want =
                 usize::try_from(u64::from(count).min(size.saturating_sub(offset))).unwrap_or(0);
             // Read into spare capacity: zeroing a 1 MiB buffer per READ cost more than the copy.
@@ -1101,11 +1103,12 @@ impl NfsFileSystem for ShoalFs {
     async fn commit(&self, id: &Fh, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
         let inner = &self.inner;
         blocking(|| {
-            let found = inner.entry(id)?;
-            if kind(&found.stat) != ftype3::NF3REG {
-                return Ok(());
-            }
-            let (_, file) = inner.open_file(id, OFlags::RDONLY)?;
+            let (found, file) = match inner.open_file(id, OFlags::RDONLY) {
+                Ok(opened) => opened,
+                // Only regular files hold data to commit.
+                Err(nfsstat3::NFS3ERR_ISDIR | nfsstat3::NFS3ERR_INVAL) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             file.sync_all().map_err(|e| {
                 warn!(namespace = %found.export.name, path = %found.rel, "COMMIT failed: {e}");
                 io_errno(e)
