@@ -258,6 +258,124 @@ impl ChunkHasher {
     }
 }
 
+/// Fills a buffer from an offset of what is chunked (a file, in the daemon).
+pub type ReadAt<'a, E> = dyn Fn(u64, &mut [u8]) -> Result<(), E> + Sync + 'a;
+
+/// Bytes read per call by [`chunk_in_parallel`]: large enough for BLAKE3's widest SIMD paths.
+const PARALLEL_READ: usize = 1 << 20;
+
+/// Chunks and hashes `len` bytes on `threads` threads: the same chunks, to the bit, as one
+/// [`ChunkHasher`] fed the bytes in order. `read_exact_at(offset, buf)` fills `buf` from `offset`
+/// (it is called from every thread at once; an error stops the work and is returned).
+///
+/// Each thread chunks one segment as though a chunk began at its first byte. Where one segment
+/// ends, the chunk that was still open is chunked again, in order, from its true start until a cut
+/// lands on a cut of a later segment: from a common cut on, both chunkers are in the same state
+/// (nothing open, rolling hash zero), so every later cut of that segment is exact. That takes a
+/// chunk or two on real data; on data with no cut point at all (zeros) it continues to the end,
+/// which is still exact, only not faster.
+pub fn chunk_in_parallel<E: Send>(
+    len: u64,
+    threads: usize,
+    read_exact_at: &ReadAt<'_, E>,
+) -> Result<Vec<Chunk>, E> {
+    let threads = threads.clamp(1, 64) as u64;
+    let step = len.div_ceil(threads).max(1);
+    let bounds: Vec<(u64, u64)> = (0..threads)
+        .map(|i| ((i * step).min(len), ((i + 1) * step).min(len)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    let Some(&first) = bounds.first() else {
+        return Ok(Vec::new());
+    };
+    let pieces = std::thread::scope(|scope| {
+        let others: Vec<_> = bounds[1..]
+            .iter()
+            .map(|&(a, b)| scope.spawn(move || chunk_range(a, b, read_exact_at)))
+            .collect();
+        let mut pieces = vec![chunk_range(first.0, first.1, read_exact_at)];
+        for handle in others {
+            // A thread can only end by returning: chunking and hashing do not panic.
+            pieces.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+        }
+        pieces
+    });
+    let mut pieces = pieces.into_iter().collect::<Result<Vec<_>, E>>()?;
+    // Every segment's last chunk ends where the segment was cut, not where the content says.
+    let mut out = std::mem::take(&mut pieces[0]);
+    let mut next = 1;
+    while next < pieces.len() {
+        let Some(open) = out.pop() else { break };
+        // Cuts of later segments (their last chunks' ends excepted): offset -> (segment, index).
+        let mut cuts = std::collections::HashMap::new();
+        for (s, piece) in pieces.iter().enumerate().skip(next) {
+            for (i, c) in piece.iter().enumerate().take(piece.len().saturating_sub(1)) {
+                cuts.insert(c.offset + u64::from(c.len), (s, i));
+            }
+        }
+        let mut hasher = ChunkHasher::new();
+        let mut buf = vec![0u8; PARALLEL_READ];
+        let mut at = open.offset;
+        let mut synced = None;
+        'rechunk: while at < len {
+            let n = (PARALLEL_READ as u64).min(len - at) as usize;
+            read_exact_at(at, &mut buf[..n])?;
+            let seen = hasher.chunks.len();
+            hasher.update(&buf[..n]);
+            at += n as u64;
+            for (k, c) in hasher.chunks.iter().enumerate().skip(seen) {
+                if let Some(&hit) = cuts.get(&(open.offset + c.offset + u64::from(c.len))) {
+                    hasher.chunks.truncate(k + 1);
+                    synced = Some(hit);
+                    break 'rechunk;
+                }
+            }
+        }
+        let redone = if synced.is_some() {
+            hasher.chunks
+        } else {
+            hasher.finish()
+        };
+        out.extend(redone.into_iter().map(|mut c| {
+            c.offset += open.offset;
+            c
+        }));
+        match synced {
+            Some((s, i)) => {
+                out.extend(pieces[s].drain(i + 1..));
+                next = s + 1;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+fn chunk_range<E>(
+    start: u64,
+    end: u64,
+    read_exact_at: &ReadAt<'_, E>,
+) -> Result<Vec<Chunk>, E> {
+    let mut hasher = ChunkHasher::new();
+    let mut buf = vec![0u8; PARALLEL_READ.min((end - start) as usize)];
+    let mut at = start;
+    while at < end {
+        let n = (buf.len() as u64).min(end - at) as usize;
+        read_exact_at(at, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    let mut chunks = hasher.finish();
+    for c in &mut chunks {
+        c.offset += start;
+    }
+    Ok(chunks)
+}
+
 /// Whole-buffer convenience: the same chunks as [`ChunkHasher`] fed the same bytes.
 pub fn chunk_bytes(data: &[u8]) -> Vec<Chunk> {
     let mut h = ChunkHasher::new();

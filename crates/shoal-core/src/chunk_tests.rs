@@ -90,6 +90,57 @@ fn one_mib_overwritten_in_the_middle_costs_about_one_mib() {
     );
 }
 
+fn in_parallel(data: &[u8], threads: usize) -> Vec<Chunk> {
+    let read = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
+        let at = at as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    };
+    chunk_in_parallel(data.len() as u64, threads, &read).unwrap()
+}
+
+#[test]
+fn chunking_in_parallel_gives_the_same_chunks_as_in_order() {
+    // Noise (cuts found quickly), zeros (no cut point but every 1 MiB: segments never agree, the
+    // stitch re-chunks to the end), a mix, and segments shorter than a chunk.
+    let mut mixed = noise(9 << 20, 3);
+    mixed[2 << 20..5 << 20].fill(0);
+    let inputs = [
+        noise(23 << 20, 11),
+        noise((7 << 20) + 12_345, 12),
+        vec![0u8; (5 << 20) + 77],
+        mixed,
+        noise(3 << 20, 13),
+    ];
+    for data in &inputs {
+        let want = chunk_bytes(data);
+        for threads in [1, 2, 3, 4, 7, 16, 40] {
+            assert_eq!(
+                in_parallel(data, threads),
+                want,
+                "{} bytes on {threads} threads",
+                data.len()
+            );
+        }
+    }
+    assert!(in_parallel(&[], 4).is_empty());
+    assert_eq!(in_parallel(&[1, 2, 3], 4), chunk_bytes(&[1, 2, 3]));
+}
+
+#[test]
+fn a_read_error_in_any_segment_is_returned() {
+    let data = noise(8 << 20, 5);
+    let read = |at: u64, buf: &mut [u8]| -> Result<(), u64> {
+        if at >= 6 << 20 {
+            return Err(at);
+        }
+        let at = at as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    };
+    assert!(chunk_in_parallel(data.len() as u64, 4, &read).is_err());
+}
+
 #[test]
 fn the_file_hash_depends_on_every_chunk_and_is_not_a_chunk_hash() {
     let data = noise(4 << 20, 17);

@@ -15,6 +15,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{
     Database, MultimapTableDefinition, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -90,7 +92,13 @@ pub struct ChunkLocation {
     pub path: String,
     pub offset: u64,
     pub len: u32,
+    /// The file as it was stat'ed when indexed with the chunk at `offset`: while the disk still
+    /// shows this stamp, the chunk is there.
+    pub stamp: Stamp,
 }
+
+/// A file's chunks sorted by hash (hash, offset, length), and the stamp they were indexed with.
+type SortedChunks = Arc<(Stamp, Vec<(Hash, u64, u32)>)>;
 
 /// The index of one namespace.
 #[derive(Debug)]
@@ -100,6 +108,48 @@ pub struct Index {
     seq: watch::Sender<u64>,
     /// Counts stores of peers' entries, to wake whoever computes what this node needs.
     remote: watch::Sender<u64>,
+    /// Bumped after every commit of local entries: what [`ChunkCache`] was filled under.
+    generation: AtomicU64,
+    chunk_cache: Mutex<ChunkCache>,
+}
+
+/// Entries with this many chunks or more (16 MiB and up) are kept decoded by [`ChunkCache`].
+const CACHE_MIN_CHUNKS: usize = 64;
+/// Large files whose chunk lists are kept decoded.
+const CACHE_FILES: usize = 4;
+
+/// The chunk lists of the large files whose chunks were looked up last. Serving or copying the
+/// chunks of one 1 GiB file decoded its entry (4,000 chunks, ~150 kB) once per chunk: 4,000 times.
+#[derive(Debug, Default)]
+struct ChunkCache {
+    generation: u64,
+    /// Most recently used last; each list sorted by hash.
+    files: Vec<(String, SortedChunks)>,
+}
+
+impl ChunkCache {
+    fn get(&mut self, generation: u64, path: &str) -> Option<SortedChunks> {
+        if self.generation != generation {
+            self.files.clear();
+            self.generation = generation;
+            return None;
+        }
+        let at = self.files.iter().position(|(p, _)| p == path)?;
+        let hit = self.files.remove(at);
+        let chunks = hit.1.clone();
+        self.files.push(hit);
+        Some(chunks)
+    }
+
+    fn put(&mut self, generation: u64, path: &str, chunks: SortedChunks) {
+        if self.generation != generation {
+            return;
+        }
+        if self.files.len() >= CACHE_FILES {
+            self.files.remove(0);
+        }
+        self.files.push((path.to_owned(), chunks));
+    }
 }
 
 impl Index {
@@ -208,6 +258,8 @@ impl Index {
             path: path.to_owned(),
             seq,
             remote,
+            generation: AtomicU64::new(0),
+            chunk_cache: Mutex::default(),
         })
     }
 
@@ -307,27 +359,48 @@ impl Index {
 
     /// Where this node holds a chunk with this hash, in live files.
     pub fn chunk_locations(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, IndexError> {
+        // Read before the transaction begins: a commit after this makes anything cached below
+        // stale, and the cache then drops it.
+        let generation = self.generation.load(Ordering::Acquire);
         let txn = self.db.begin_read()?;
         let by_chunk = txn.open_multimap_table(BY_CHUNK)?;
         let files = txn.open_table(FILES)?;
         let mut out = Vec::new();
         for path in by_chunk.get(chunk_key(hash))? {
             let path = path?;
-            let Some(entry) = files.get(path.value())? else {
-                continue;
-            };
-            let entry = decode(entry.value())?;
-            if entry.deleted {
-                continue;
-            }
-            for c in entry.chunks_with_offsets() {
-                if c.hash == *hash {
-                    out.push(ChunkLocation {
-                        path: path.value().to_owned(),
-                        offset: c.offset,
-                        len: c.len,
-                    });
+            let path = path.value();
+            let cached = lock(&self.chunk_cache).get(generation, path);
+            let chunks = match cached {
+                Some(chunks) => chunks,
+                None => {
+                    let Some(entry) = files.get(path)? else {
+                        continue;
+                    };
+                    let entry = decode(entry.value())?;
+                    if entry.deleted {
+                        continue;
+                    }
+                    let mut chunks: Vec<(Hash, u64, u32)> = entry
+                        .chunks_with_offsets()
+                        .map(|c| (c.hash, c.offset, c.len))
+                        .collect();
+                    chunks.sort_unstable_by_key(|c| c.0);
+                    let chunks = Arc::new((Stamp::from(&entry), chunks));
+                    if chunks.1.len() >= CACHE_MIN_CHUNKS {
+                        lock(&self.chunk_cache).put(generation, path, chunks.clone());
+                    }
+                    chunks
                 }
+            };
+            let (stamp, sorted) = &*chunks;
+            let from = sorted.partition_point(|c| c.0 < *hash);
+            for &(_, offset, len) in sorted[from..].iter().take_while(|c| c.0 == *hash) {
+                out.push(ChunkLocation {
+                    path: path.to_owned(),
+                    offset,
+                    len,
+                    stamp: *stamp,
+                });
             }
         }
         Ok(out)
@@ -601,6 +674,7 @@ impl Batch<'_> {
             changed = max_seq != before;
         }
         txn.commit()?;
+        index.generation.fetch_add(1, Ordering::AcqRel);
         if changed {
             index.seq.send_replace(max_seq);
         }
@@ -650,6 +724,11 @@ fn migrate(txn: &redb::WriteTransaction, from: u32) -> Result<(), IndexError> {
     meta.insert("schema", SCHEMA.to_le_bytes().as_slice())?;
     info!(from, to = SCHEMA, "index schema migrated");
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The cache holds nothing a panic could leave half-updated.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn chunk_key(hash: &Hash) -> u64 {

@@ -115,6 +115,46 @@ fn local_stat_updates_do_not_create_changes() {
 }
 
 #[test]
+fn chunk_locations_of_a_large_file_follow_its_changes() {
+    // Large entries are kept decoded between lookups; every commit must show through.
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let big: Vec<u8> = (0..200).collect();
+    let mut b = index.batch();
+    b.put("big", file(&big));
+    b.commit().unwrap();
+    let at = |n: u8| -> Vec<(String, u64)> {
+        let mut found: Vec<_> = index
+            .chunk_locations(&h(n))
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.path, l.offset))
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(at(7), [("big".to_owned(), 70)]);
+    assert_eq!(at(7), [("big".to_owned(), 70)]);
+
+    // The same chunks moved by one place, and chunk 7 twice.
+    let mut moved: Vec<u8> = std::iter::once(250).chain(0..200).collect();
+    moved.push(7);
+    let mut b = index.batch();
+    b.put("big", file(&moved));
+    b.commit().unwrap();
+    assert_eq!(at(7), [("big".to_owned(), 80), ("big".to_owned(), 2010)]);
+    assert_eq!(at(250), [("big".to_owned(), 0)]);
+
+    let mut gone = file(&[]);
+    gone.deleted = true;
+    let mut b = index.batch();
+    b.put("big", gone);
+    b.commit().unwrap();
+    assert!(at(7).is_empty());
+    assert!(index.check().unwrap().is_empty());
+}
+
+#[test]
 fn chunk_locations_find_live_copies_with_offsets() {
     let tmp = tempfile::tempdir().unwrap();
     let index = open(&tmp);

@@ -32,7 +32,8 @@ pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
 /// A file found changing while read, or still being written, is looked at again after this (then
 /// twice as long each time it still is), whatever events it sends meanwhile (a file being streamed
 /// sends one per write).
-const RETRY_CHANGING: Duration = Duration::from_millis(100);
+/// Just above the scanner's `BUSY_AGE`, so that a file written once is read at its second look.
+const RETRY_CHANGING: Duration = Duration::from_millis(25);
 /// The longest such a file waits between two looks while it keeps changing.
 const RETRY_CHANGING_MAX: Duration = Duration::from_millis(1600);
 

@@ -305,6 +305,29 @@ fn a_missing_root_is_an_error_not_a_mass_deletion() {
     assert!(ns.get("a").unwrap().is_live());
 }
 
+/// Files from 32 MiB on are chunked on every core at once: the chunks must be those of reading
+/// them in order, before and after an edit in the middle.
+#[test]
+fn a_large_file_hashed_on_every_core_gets_the_chunks_of_reading_it_in_order() {
+    let ns = Ns::new();
+    let mut data = shoal_core::testing::noise(48 << 20, 31);
+    for _ in 0..2 {
+        ns.write("large.bin", &data);
+        ns.scan();
+        let e = ns.get("large.bin").unwrap();
+        let want = chunk_bytes(&data);
+        assert_eq!(e.chunks.len(), want.len());
+        assert!(
+            e.chunks
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.hash == b.hash && a.len == b.len)
+        );
+        assert_eq!(e.hash, file_hash(&want));
+        data[20 << 20..21 << 20].fill(3);
+    }
+}
+
 /// A file rewritten again and again while it is scanned is never recorded torn: every hash the index
 /// ever holds is the hash of a state that really was on disk.
 #[test]
