@@ -355,11 +355,7 @@ pub fn chunk_in_parallel<E: Send>(
     Ok(out)
 }
 
-fn chunk_range<E>(
-    start: u64,
-    end: u64,
-    read_exact_at: &ReadAt<'_, E>,
-) -> Result<Vec<Chunk>, E> {
+fn chunk_range<E>(start: u64, end: u64, read_exact_at: &ReadAt<'_, E>) -> Result<Vec<Chunk>, E> {
     let mut hasher = ChunkHasher::new();
     let mut buf = vec![0u8; PARALLEL_READ.min((end - start) as usize)];
     let mut at = start;

@@ -96,6 +96,23 @@ pub struct Stamp {
     pub local: LocalStat,
 }
 
+impl Stamp {
+    /// True when `m` (the metadata of an open file) shows the file this stamp was taken of,
+    /// unchanged since: same inode, size, mtime and ctime. (A write after the stamp was taken
+    /// gives the file a new ctime; the scanner trusts the same test.)
+    pub fn still_describes(&self, m: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        !self.deleted
+            && self.kind == Kind::File
+            && m.file_type().is_file()
+            && m.size() == self.size
+            && ns(m.mtime(), m.mtime_nsec()) == self.mtime_ns
+            && m.ino() == self.local.inode
+            && ns(m.ctime(), m.ctime_nsec()) == self.local.ctime_ns
+    }
+}
+
 impl From<&Entry> for Stamp {
     fn from(e: &Entry) -> Stamp {
         Stamp {

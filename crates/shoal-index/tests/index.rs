@@ -115,6 +115,46 @@ fn local_stat_updates_do_not_create_changes() {
 }
 
 #[test]
+fn a_chunk_is_read_from_an_unchanged_file_and_verified_from_a_changed_one() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let root = tmp.path().join("ns");
+    std::fs::create_dir_all(&root).unwrap();
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(root.join("f"), &data).unwrap();
+    let m = std::fs::metadata(root.join("f")).unwrap();
+    let mut e = file(&[]);
+    e.size = data.len() as u64;
+    e.mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    e.local = LocalStat {
+        inode: m.ino(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    };
+    e.chunks = data
+        .chunks(1000)
+        .map(|c| ChunkRef {
+            len: 1000,
+            hash: Hash::of(c),
+        })
+        .collect();
+    let mut b = index.batch();
+    b.put("f", e);
+    b.commit().unwrap();
+    let second = Hash::of(&data[1000..2000]);
+    assert_eq!(index.read_chunk(&root, &second).unwrap(), &data[1000..2000]);
+
+    // Rewritten with other bytes of the same size: the stat moved, the bytes are hashed, and
+    // the old chunk is no longer there.
+    let mut other = data.clone();
+    other[1500] ^= 1;
+    std::fs::write(root.join("f"), &other).unwrap();
+    assert_eq!(index.read_chunk(&root, &second), None);
+    let first = Hash::of(&data[..1000]);
+    assert_eq!(index.read_chunk(&root, &first).unwrap(), &data[..1000]);
+}
+
+#[test]
 fn chunk_locations_of_a_large_file_follow_its_changes() {
     // Large entries are kept decoded between lookups; every commit must show through.
     let tmp = tempfile::tempdir().unwrap();

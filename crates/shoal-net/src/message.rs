@@ -122,6 +122,19 @@ impl Message {
         )
     }
 
+    /// About how many bytes the message encodes to, so that its buffer is allocated once.
+    pub fn encoded_len_hint(&self) -> usize {
+        match self {
+            Message::ChunkData { bytes, .. } => bytes.len() + 16,
+            Message::IndexFull { records, .. } | Message::IndexUpdate { records, .. } => records
+                .iter()
+                .map(|r| r.payload.len() + 100)
+                .sum::<usize>()
+                .saturating_add(64),
+            _ => 128,
+        }
+    }
+
     /// The variant's name, for logs and errors.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -62,7 +62,15 @@ pub struct TlsSetup {
 
 impl TlsSetup {
     pub fn new(identity: &NodeIdentity) -> Result<Self, TlsError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        // AES-128-GCM first: the bulk of a transfer is encrypted and decrypted with it, and
+        // it takes 10 AES rounds per block where AES-256 takes 14 (both are TLS 1.3 suites with
+        // 128-bit or better security; ChaCha20 stays out: slower with AES instructions).
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = vec![
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ];
+        let provider = Arc::new(provider);
         let mut key_pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
         key_pkcs8.extend_from_slice(&identity.seed());
         let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(

@@ -1264,18 +1264,24 @@ async fn assemble(
             .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
     };
     debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
-    // Fetcher: the rest from peers, verified.
+    // Fetcher: the rest from peers, verified, written by one thread (writers of one file only
+    // take turns on its inode lock; several spun on it, and blocked async workers meanwhile).
     if !missing.is_empty() {
         if need.sources.is_empty() {
             return Err("no peer announced this version".into());
         }
+        let (to_writer, writes) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED);
+        let writer = {
+            let file = file.clone();
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || write_fetched(&file, &shared, writes))
+        };
         let mut tasks = JoinSet::new();
         for chunk in missing {
             let source = config.source.clone();
             let sources = need.sources.clone();
-            let file = file.clone();
             let fetches = fetches.clone();
-            let shared = shared.clone();
+            let to_writer = to_writer.clone();
             tasks.spawn(async move {
                 let _permit = fetches.acquire_owned().await;
                 let mut last = String::new();
@@ -1285,15 +1291,11 @@ async fn assemble(
                             if bytes.len() == chunk.len as usize
                                 && Hash::of(&bytes) == chunk.hash =>
                         {
-                            file.write_all_at(&bytes, chunk.offset)
-                                .map_err(|e| Failure::io("cannot write", &e))?;
-                            shared
-                                .fetched
-                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            shared
-                                .bytes_done
-                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            return Ok(());
+                            // Fails only if the writer stopped: its error is the one reported.
+                            return to_writer
+                                .send((chunk.offset, bytes))
+                                .await
+                                .map_err(|_| Failure::from("the writer stopped"));
                         }
                         Ok(_) => last = "a peer sent a chunk that does not verify".into(),
                         Err(e) => last = e,
@@ -1305,22 +1307,24 @@ async fn assemble(
                 )))
             });
         }
+        drop(to_writer);
         let mut first_error: Option<Failure> = None;
         while let Some(joined) = tasks.join_next().await {
             let result = joined
                 .map_err(|e| Failure::from(e.to_string()))
                 .and_then(|r| r);
             if let Err(e) = result {
-                if e.no_space {
-                    // Nothing more can be written: fetching the rest would only be thrown away.
-                    tasks.abort_all();
-                    if !first_error.as_ref().is_some_and(|f| f.no_space) {
-                        first_error = Some(e);
-                    }
-                } else {
-                    first_error.get_or_insert(e);
-                }
+                first_error.get_or_insert(e);
             }
+            if writer.is_finished() {
+                // Only an error ends it early (a full disk): what is still fetched would be
+                // thrown away.
+                tasks.abort_all();
+            }
+        }
+        let written = writer.await.map_err(|e| Failure::from(e.to_string()))?;
+        if let Err(e) = written {
+            return Err(Failure::io("cannot write", &e));
         }
         if let Some(e) = first_error {
             return Err(e);
@@ -1339,6 +1343,31 @@ async fn assemble(
     .map_err(|e| e.to_string())?
     .map_err(|e| Failure::io(format_args!("cannot finish {}", temp.display()), &e))?;
     Ok(Ready { need, temp })
+}
+
+/// Fetched chunks waiting for the file's writer.
+const WRITES_QUEUED: usize = 8;
+
+/// Writes fetched chunks into a temporary as they come, starting their writeback as it goes.
+/// On an error (a full disk), stops at once: the fetchers then stop too.
+fn write_fetched(
+    file: &File,
+    shared: &Shared,
+    mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+) -> io::Result<()> {
+    let mut unflushed = 0u64;
+    while let Some((offset, bytes)) = writes.blocking_recv() {
+        file.write_all_at(&bytes, offset)?;
+        let n = bytes.len() as u64;
+        shared.fetched.fetch_add(n, Ordering::Relaxed);
+        shared.bytes_done.fetch_add(n, Ordering::Relaxed);
+        unflushed += n;
+        if unflushed >= RUN_MAX {
+            start_writeback(file, 0, 0);
+            unflushed = 0;
+        }
+    }
+    Ok(())
 }
 
 /// Opens (or creates) the temporary file and fills it with every chunk already there or
