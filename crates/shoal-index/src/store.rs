@@ -472,25 +472,43 @@ impl Index {
     /// the bytes are hashed unless the file's stat is still the indexed one (see below).
     /// Never follows a symlink. `None` when no location still holds it.
     pub fn read_chunk(&self, root: &Path, hash: &Hash) -> Option<Vec<u8>> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        self.read_chunk_after(root, hash, Vec::with_capacity)
+    }
+
+    /// [`Index::read_chunk`] into the end of the buffer `head(len)` returns for a chunk of
+    /// `len` bytes (a frame's start, so that the chunk is read straight into it).
+    pub fn read_chunk_after(
+        &self,
+        root: &Path,
+        hash: &Hash,
+        head: impl Fn(usize) -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
         for loc in self.chunk_locations(hash).ok()? {
-            let Ok(file) = std::fs::OpenOptions::new()
+            let Ok(mut file) = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(root.join(&loc.path))
             else {
                 continue;
             };
-            let unchanged = || file.metadata().is_ok_and(|m| loc.stamp.still_describes(&m));
-            let before = unchanged();
-            let mut buf = vec![0u8; loc.len as usize];
-            if file.read_exact_at(&mut buf, loc.offset).is_err() {
+            let unchanged =
+                |file: &std::fs::File| file.metadata().is_ok_and(|m| loc.stamp.still_describes(&m));
+            let before = unchanged(&file);
+            let mut buf = head(loc.len as usize);
+            let start = buf.len();
+            // Read into the buffer's spare room: no zeroing first.
+            let read = file
+                .seek(SeekFrom::Start(loc.offset))
+                .and_then(|_| (&mut file).take(u64::from(loc.len)).read_to_end(&mut buf));
+            if read.ok() != Some(loc.len as usize) {
                 continue;
             }
             // A file unchanged since it was indexed, before and after the read, holds the chunk
             // the index says (the receiver verifies it anyway): hashing it again here was a
             // fifth of a sender's CPU. Anything else is verified.
-            if (before && unchanged()) || Hash::of(&buf) == *hash {
+            if (before && unchanged(&file)) || Hash::of(&buf[start..]) == *hash {
                 return Some(buf);
             }
         }

@@ -148,6 +148,11 @@ impl Connection {
         if sent { Ok(()) } else { Err(ConnError::Closed) }
     }
 
+    /// Queues a bulk frame already encoded (see [`frame::chunk_data_frame_head`]).
+    pub async fn send_bulk_frame(&self, frame: Vec<u8>) -> Result<(), ConnError> {
+        self.bulk.send(frame).await.map_err(|_| ConnError::Closed)
+    }
+
     /// Queues `message` if its queue has room.
     pub fn try_send(&self, message: &Message) -> Result<(), ConnError> {
         let bytes = encode(message)?;

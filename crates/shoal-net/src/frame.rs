@@ -127,13 +127,115 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     let len = body_len(&header)?.unwrap_or(0);
-    buf.clear();
-    buf.resize(len, 0);
-    reader.read_exact(buf).await.map_err(|e| match e.kind() {
+    let truncated = |e: io::Error| match e.kind() {
         io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => FrameError::Io(e),
-    })?;
+    };
+    // The start of the body tells a `ChunkData`, whose bytes are then read into their own
+    // buffer: decoding them out of `buf` copied every chunk received once more.
+    let mut head = [0u8; CHUNK_HEAD_MAX];
+    let peeked = len.min(CHUNK_HEAD_MAX);
+    reader
+        .read_exact(&mut head[..peeked])
+        .await
+        .map_err(truncated)?;
+    if let Some((id, data_len, used)) = parse_chunk_head(&head[..peeked])
+        && used + data_len == len
+    {
+        let mut bytes = Vec::with_capacity(data_len);
+        bytes.extend_from_slice(&head[used..peeked]);
+        let rest = (data_len - bytes.len()) as u64;
+        (&mut *reader)
+            .take(rest)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(truncated)?;
+        if bytes.len() != data_len {
+            return Err(FrameError::Truncated);
+        }
+        return Ok(Some(Message::ChunkData { id, bytes }));
+    }
+    buf.clear();
+    buf.extend_from_slice(&head[..peeked]);
+    buf.resize(len, 0);
+    reader
+        .read_exact(&mut buf[peeked..])
+        .await
+        .map_err(truncated)?;
     decode_body(buf).map(Some)
+}
+
+/// The longest `ChunkData` prefix: its variant tag, id and length, each a varint.
+const CHUNK_HEAD_MAX: usize = 3 * 10;
+
+/// The encoding of `ChunkData`'s variant tag (postcard: the variant's index as a varint).
+fn chunk_data_tag() -> &'static [u8] {
+    static TAG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let empty = Message::ChunkData {
+            id: 0,
+            bytes: Vec::new(),
+        };
+        let mut body = postcard::to_allocvec(&empty).unwrap_or_default();
+        // id 0 and length 0 are one byte each.
+        body.truncate(body.len().saturating_sub(2));
+        body
+    })
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The body prefix of `ChunkData { id, bytes }` with `len` bytes: exactly what postcard writes
+/// before the bytes themselves.
+fn chunk_head(id: u64, len: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(CHUNK_HEAD_MAX);
+    head.extend_from_slice(chunk_data_tag());
+    push_varint(&mut head, id);
+    push_varint(&mut head, len as u64);
+    head
+}
+
+/// `(id, bytes' length, prefix length)` if `body` starts with a `ChunkData` prefix written as
+/// [`chunk_head`] writes it. Anything else (other messages, unusual encodings) is left to the
+/// full decoder, so both readings of a frame always agree.
+fn parse_chunk_head(body: &[u8]) -> Option<(u64, usize, usize)> {
+    let rest = body.strip_prefix(chunk_data_tag())?;
+    let (id, a) = take_varint(rest)?;
+    let (len, b) = take_varint(&rest[a..])?;
+    let len = usize::try_from(len).ok()?;
+    let used = chunk_data_tag().len() + a + b;
+    // Only the canonical (shortest) encoding, the one this side would write itself.
+    (chunk_head(id, len).len() == used && len <= MAX_CHUNK).then_some((id, len, used))
+}
+
+fn take_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            // The tenth byte may only hold the top bit of a u64.
+            return (i < 9 || b <= 1).then_some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// The start of a `ChunkData` frame answering request `id` with `len` bytes: header and body
+/// prefix, in a buffer with room for the rest. Appending exactly `len` bytes completes it (the
+/// same bytes [`encode`] would produce); the chunk is read straight into the frame.
+pub fn chunk_data_frame_head(id: u64, len: usize) -> Vec<u8> {
+    let head = chunk_head(id, len);
+    let body = head.len() + len;
+    let mut frame = Vec::with_capacity(HEADER_LEN + body);
+    frame.extend_from_slice(&(body as u32).to_be_bytes());
+    frame.extend_from_slice(&head);
+    frame
 }
 
 fn body_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
@@ -213,6 +315,95 @@ mod tests {
         .unwrap();
         // header, tag, id varint, length varint (2 bytes), the bytes
         assert_eq!(frame.len(), HEADER_LEN + 1 + 1 + 2 + 300);
+    }
+
+    #[test]
+    fn chunk_frames_built_in_place_are_what_encode_writes() {
+        for (id, len) in [
+            (0, 0),
+            (1, 300),
+            (127, 128),
+            (128, 16_383),
+            (u64::MAX, 1 << 20),
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut frame = chunk_data_frame_head(id, len);
+            frame.extend_from_slice(&bytes);
+            let message = Message::ChunkData { id, bytes };
+            assert_eq!(frame, encode(&message).unwrap(), "id {id} len {len}");
+        }
+    }
+
+    fn read_all(frames: &[u8]) -> Vec<Result<Option<Message>, String>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut reader = frames;
+            let mut buf = Vec::new();
+            let mut out = Vec::new();
+            loop {
+                let r = read_frame(&mut reader, &mut buf).await;
+                let end = !matches!(r, Ok(Some(_)));
+                out.push(r.map_err(|e| e.to_string()));
+                if end {
+                    return out;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn chunk_data_read_from_a_stream_matches_the_buffer_decoder() {
+        let mut stream = Vec::new();
+        let messages = [
+            Message::ChunkData {
+                id: 3,
+                bytes: vec![9; 70_000],
+            },
+            Message::Ping,
+            Message::ChunkData {
+                id: 1 << 40,
+                bytes: vec![],
+            },
+            Message::ChunkUnavailable { id: 5 },
+        ];
+        for m in &messages {
+            stream.extend_from_slice(&encode(m).unwrap());
+        }
+        let read = read_all(&stream);
+        assert_eq!(read.len(), messages.len() + 1);
+        for (r, m) in read.iter().zip(&messages) {
+            assert_eq!(r.as_ref().unwrap().as_ref().unwrap(), m);
+        }
+        assert!(matches!(read.last(), Some(Ok(None))));
+        // A frame cut short, a length claiming more than the frame: errors, as decode_frame says.
+        let whole = encode(&messages[0]).unwrap();
+        let cut = read_all(&whole[..whole.len() - 1]);
+        assert_eq!(
+            cut.last().unwrap().as_ref().unwrap_err(),
+            "connection ended in the middle of a frame"
+        );
+        let mut lying = whole.clone();
+        lying.truncate(HEADER_LEN + 100);
+        lying[..HEADER_LEN].copy_from_slice(&100u32.to_be_bytes());
+        let read = read_all(&lying);
+        assert_eq!(
+            read[0].as_ref().unwrap_err(),
+            &decode_frame(&lying).unwrap_err().to_string()
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_frame_reads_as_the_buffer_decoder_reads_it(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64), tag in 0u8..16) {
+            let mut frame = (body.len() as u32 + 1).to_be_bytes().to_vec();
+            frame.push(tag);
+            frame.extend_from_slice(&body);
+            let want = decode_frame(&frame).map(|m| m.map(|(m, _)| m)).map_err(|e| e.to_string());
+            let got = read_all(&frame).remove(0);
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -499,16 +499,23 @@ impl Manager {
             let Ok(read_permit) = reading.acquire_owned().await else {
                 return;
             };
-            let read = tokio::task::spawn_blocking(move || index.read_chunk(&root, &hash)).await;
+            // Read straight into the answer's frame (no copy of the chunk to encode it).
+            let read = tokio::task::spawn_blocking(move || {
+                index.read_chunk_after(&root, &hash, |len| {
+                    shoal_net::frame::chunk_data_frame_head(id, len)
+                })
+            })
+            .await;
             drop(read_permit);
-            let answer = match read {
-                Ok(Some(bytes)) => {
-                    upload.take(bytes.len() as u64).await;
-                    Message::ChunkData { id, bytes }
+            match read {
+                Ok(Some(frame)) => {
+                    upload.take(frame.len() as u64).await;
+                    let _ = conn.send_bulk_frame(frame).await;
                 }
-                _ => Message::ChunkUnavailable { id },
-            };
-            let _ = conn.send(&answer).await;
+                _ => {
+                    let _ = conn.send(&Message::ChunkUnavailable { id }).await;
+                }
+            }
         });
     }
 
