@@ -31,12 +31,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/shoal-compare")
+    ap.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "shoal"),
+                    help="the shoal binary (a copy keeps a build during the run out of it)")
     ap.add_argument("workloads", nargs="*", default=["latency", "small", "big", "delta", "fanout"])
     a = ap.parse_args()
     results = {}  # (tool, workload) -> list of result dicts
     for r in range(a.runs):
         for w in a.workloads:
-            for tool, cmd in (("shoal", [sys.executable, os.path.join(HERE, "sync.py")]),
+            for tool, cmd in (("shoal", [sys.executable, os.path.join(HERE, "sync.py"), "--bin", a.bin]),
                               ("syncthing", [sys.executable, STBENCH])):
                 rows = run(cmd + ["--workdir", os.path.join(a.workdir, tool), w])
                 for row in rows:

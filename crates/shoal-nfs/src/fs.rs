@@ -660,27 +660,6 @@ fn utf8_name(name: &CStr) -> Option<&str> {
     }
 }
 
-/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without waiting
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a head start: durability still comes from
-/// fsync.
-fn start_writeback(file: &File, offset: u64, len: usize) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
-    #[allow(
-        unsafe_code,
-        reason = "sync_file_range has no safe wrapper in our dependencies"
-    )]
-    // SAFETY: the descriptor is open for as long as `file` is borrowed; no memory is passed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 /// Runs blocking file-system work on a runtime worker without starving the others.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
@@ -913,7 +892,9 @@ impl NfsFileSystem for ShoalFs {
             match stable {
                 // The disk starts on it now, while the client sends more: the COMMIT that follows
                 // then waits for what is left, not for all of it.
-                stable_how::UNSTABLE => start_writeback(&file, offset, data.len()),
+                stable_how::UNSTABLE => {
+                    shoal_scan::start_writeback(&file, offset, data.len() as u64)
+                }
                 stable_how::DATA_SYNC => file.sync_data().map_err(io_errno)?,
                 stable_how::FILE_SYNC => file.sync_all().map_err(io_errno)?,
             }

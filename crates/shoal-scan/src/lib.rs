@@ -15,4 +15,6 @@ pub mod walk;
 
 pub use folder::{Folder, FolderOptions, FolderState, FolderStatus, ScanRequests};
 pub use progress::{Progress, ProgressSnapshot};
-pub use scanner::{IGNORE_FILE, ScanError, ScanReport, Scanner, minimal_roots, release_memory};
+pub use scanner::{
+    IGNORE_FILE, ScanError, ScanReport, Scanner, minimal_roots, release_memory, start_writeback,
+};

@@ -1363,7 +1363,7 @@ fn write_fetched(
         shared.bytes_done.fetch_add(n, Ordering::Relaxed);
         unflushed += n;
         if unflushed >= RUN_MAX {
-            start_writeback(file, 0, 0);
+            shoal_scan::start_writeback(file, 0, 0);
             unflushed = 0;
         }
     }
@@ -1588,28 +1588,9 @@ impl Run {
             }
         }
         if self.len >= WRITEBACK_FROM {
-            start_writeback(to, self.to, self.len);
+            shoal_scan::start_writeback(to, self.to, self.len);
         }
         Ok(())
-    }
-}
-
-/// Asks the kernel to start writing a range out now (no wait; durability still comes from the
-/// finisher's `syncfs`).
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    #[allow(
-        unsafe_code,
-        reason = "sync_file_range has no safe wrapper in our dependencies"
-    )]
-    // SAFETY: a plain system call on a descriptor this function borrows for its duration.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
     }
 }
 
