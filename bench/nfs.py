@@ -46,7 +46,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "-p", "shoal"], cwd=ROOT, check=True)
     import nfs_rs
 
-    binary = os.path.join(ROOT, "target/release/shoal")
+    binary = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target/release/shoal"))
     work = tempfile.mkdtemp(prefix="shoal-bench-nfs-", dir=os.environ.get("BENCH_DIR", "/tmp"))
     port = free_port()
     env = dict(os.environ, DATA_PATH=f"{work}/data", HOST_DATA_PATH=f"{work}/data", PID_PATH=f"{work}/pid",
