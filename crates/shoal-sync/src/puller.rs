@@ -1393,93 +1393,139 @@ fn copy_local(
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(temp)?;
     let have = file.metadata()?.len();
+    let mut copier = Copier {
+        config,
+        file: &file,
+        sources: Sources::default(),
+        run: None,
+        unread: Vec::new(),
+        buf: Vec::new(),
+    };
     let mut missing = Vec::new();
-    let mut buf = Vec::new();
-    let mut sources = Sources::default();
-    let mut run: Option<Run> = None;
-    // Chunks copied unread, by the source they came from.
-    let mut unread: Vec<(usize, shoal_core::chunk::Chunk)> = Vec::new();
     for chunk in chunks {
-        let len = chunk.len as usize;
-        let end = chunk.offset + u64::from(chunk.len);
-        if end <= have {
-            buf.resize(len, 0);
-            if file.read_exact_at(&mut buf, chunk.offset).is_ok() && Hash::of(&buf) == chunk.hash {
-                shared.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
-                continue;
-            }
-        }
-        let locations = index(config)
-            .chunk_locations(&chunk.hash)
-            .unwrap_or_default();
-        let mut done = false;
-        for loc in locations.iter().filter(|l| l.len == chunk.len) {
-            let Some((at, source, trusted)) = sources.open(root(config), loc) else {
-                continue;
-            };
-            if trusted {
-                let next = Run {
-                    source: at,
-                    from: loc.offset,
-                    to: chunk.offset,
-                    len: u64::from(chunk.len),
-                };
-                run = match run.take() {
-                    Some(mut r)
-                        if r.source == at
-                            && r.from + r.len == next.from
-                            && r.to + r.len == next.to
-                            && r.len < RUN_MAX =>
-                    {
-                        r.len += next.len;
-                        Some(r)
-                    }
-                    Some(r) => {
-                        r.copy(&sources, &file)?;
-                        Some(next)
-                    }
-                    None => Some(next),
-                };
-                unread.push((at, chunk));
-                done = true;
-                break;
-            }
-            buf.resize(len, 0);
-            if source.file.read_exact_at(&mut buf, loc.offset).is_ok()
-                && Hash::of(&buf) == chunk.hash
-            {
-                file.write_all_at(&buf, chunk.offset)?;
-                done = true;
-                break;
-            }
-        }
-        if done {
-            shared.copied.fetch_add(len as u64, Ordering::Relaxed);
-            shared.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
+        let len = u64::from(chunk.len);
+        if chunk.offset + len <= have && copier.already_there(&chunk) {
+            shared.bytes_done.fetch_add(len, Ordering::Relaxed);
+        } else if copier.copy_from_local(&chunk)? {
+            shared.copied.fetch_add(len, Ordering::Relaxed);
+            shared.bytes_done.fetch_add(len, Ordering::Relaxed);
         } else {
             missing.push(chunk);
         }
     }
-    if let Some(r) = run {
-        r.copy(&sources, &file)?;
-    }
-    // A source changed while it was copied: verify what came from it.
-    let moved: Vec<bool> = sources.list.iter().map(|s| !s.still()).collect();
-    for (at, chunk) in unread {
-        if moved[at] {
-            buf.resize(chunk.len as usize, 0);
-            if file.read_exact_at(&mut buf, chunk.offset).is_err() || Hash::of(&buf) != chunk.hash {
-                shared
-                    .copied
-                    .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
-                shared
-                    .bytes_done
-                    .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
-                missing.push(chunk);
-            }
-        }
+    for chunk in copier.finish()? {
+        shared
+            .copied
+            .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
+        shared
+            .bytes_done
+            .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
+        missing.push(chunk);
     }
     Ok((Arc::new(file), missing))
+}
+
+/// Fills one temporary from local files.
+struct Copier<'a> {
+    config: &'a PullerConfig,
+    file: &'a File,
+    sources: Sources,
+    /// Chunks waiting to be copied in one call.
+    run: Option<Run>,
+    /// Chunks copied unread, with the source they came from.
+    unread: Vec<(usize, shoal_core::chunk::Chunk)>,
+    buf: Vec<u8>,
+}
+
+impl Copier<'_> {
+    /// The temporary already holds `chunk` (an interrupted transfer being resumed).
+    fn already_there(&mut self, chunk: &shoal_core::chunk::Chunk) -> bool {
+        self.buf.resize(chunk.len as usize, 0);
+        self.file.read_exact_at(&mut self.buf, chunk.offset).is_ok()
+            && Hash::of(&self.buf) == chunk.hash
+    }
+
+    /// Copies `chunk` from a local file that has it, if one does; false if none.
+    fn copy_from_local(&mut self, chunk: &shoal_core::chunk::Chunk) -> io::Result<bool> {
+        let locations = index(self.config)
+            .chunk_locations(&chunk.hash)
+            .unwrap_or_default();
+        for loc in locations.iter().filter(|l| l.len == chunk.len) {
+            let Some((at, trusted)) = self.sources.open(root(self.config), loc) else {
+                continue;
+            };
+            if trusted {
+                self.queue(Run {
+                    source: at,
+                    from: loc.offset,
+                    to: chunk.offset,
+                    len: u64::from(chunk.len),
+                })?;
+                self.unread.push((at, *chunk));
+                return Ok(true);
+            }
+            self.buf.resize(chunk.len as usize, 0);
+            if self.sources.list[at]
+                .file
+                .read_exact_at(&mut self.buf, loc.offset)
+                .is_ok()
+                && Hash::of(&self.buf) == chunk.hash
+            {
+                self.file.write_all_at(&self.buf, chunk.offset)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Adds `next` to the waiting run if it continues it, else copies the run and starts anew.
+    fn queue(&mut self, next: Run) -> io::Result<()> {
+        match &mut self.run {
+            Some(r)
+                if r.source == next.source
+                    && r.from + r.len == next.from
+                    && r.to + r.len == next.to
+                    && r.len < RUN_MAX =>
+            {
+                r.len += next.len;
+            }
+            _ => {
+                if let Some(r) = self.run.replace(next) {
+                    self.copy(r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, run: Run) -> io::Result<()> {
+        let source = run.source;
+        if !run.copy(&self.sources, self.file)? {
+            self.sources.list[source].cut_short = true;
+        }
+        Ok(())
+    }
+
+    /// Copies what is still waiting, then reads back and verifies every chunk copied unread from
+    /// a source whose stat moved meanwhile; returns those that do not verify.
+    fn finish(mut self) -> io::Result<Vec<shoal_core::chunk::Chunk>> {
+        if let Some(r) = self.run.take() {
+            self.copy(r)?;
+        }
+        let moved: Vec<bool> = self
+            .sources
+            .list
+            .iter()
+            .map(|s| s.cut_short || !s.still())
+            .collect();
+        let mut failed = Vec::new();
+        for (at, chunk) in std::mem::take(&mut self.unread) {
+            if moved[at] && !self.already_there(&chunk) {
+                failed.push(chunk);
+            }
+        }
+        Ok(failed)
+    }
 }
 
 /// Local files chunks are copied from, each opened once per temporary.
@@ -1491,19 +1537,17 @@ struct Sources {
 
 struct Source {
     file: File,
-    /// Its stat when opened.
-    opened: Option<DiskStat>,
+    /// Its metadata when opened.
+    opened: Option<fs::Metadata>,
+    /// A copy from it stopped early: what came from it is verified.
+    cut_short: bool,
 }
 
 impl Sources {
     /// The source holding `loc`, opened on first use (`None` if it cannot be), and whether the
     /// chunk can be copied unread: the file showed, when opened, the stamp the offsets were
-    /// indexed with.
-    fn open(
-        &mut self,
-        root: &Path,
-        loc: &shoal_index::ChunkLocation,
-    ) -> Option<(usize, &Source, bool)> {
+    /// indexed with (`Stamp::still_describes`, the test `Index::read_chunk` makes too).
+    fn open(&mut self, root: &Path, loc: &shoal_index::ChunkLocation) -> Option<(usize, bool)> {
         let list = &mut self.list;
         let at = self.by_path.entry(loc.path.clone()).or_insert_with(|| {
             let file = OpenOptions::new()
@@ -1511,32 +1555,31 @@ impl Sources {
                 .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
                 .open(abs(root, &loc.path))
                 .ok()?;
-            let opened = file
-                .metadata()
-                .ok()
-                .and_then(|m| DiskStat::from_metadata(&m))
-                .filter(|d| d.kind == Kind::File);
-            list.push(Source { file, opened });
+            let opened = file.metadata().ok();
+            list.push(Source {
+                file,
+                opened,
+                cut_short: false,
+            });
             Some(list.len() - 1)
         });
         let at = (*at)?;
-        let source = &self.list[at];
-        let trusted = source
+        let trusted = self.list[at]
             .opened
-            .is_some_and(|d| shoal_scan::scanner::unchanged(&d, &loc.stamp));
-        Some((at, source, trusted))
+            .as_ref()
+            .is_some_and(|m| loc.stamp.still_describes(m));
+        Some((at, trusted))
     }
 }
 
 impl Source {
     /// The file still has the stat it was opened with.
     fn still(&self) -> bool {
-        let now = self
-            .file
-            .metadata()
-            .ok()
-            .and_then(|m| DiskStat::from_metadata(&m));
-        now.is_some() && now == self.opened
+        let stat = |m: &fs::Metadata| DiskStat::from_metadata(m);
+        match (self.file.metadata(), &self.opened) {
+            (Ok(now), Some(then)) => stat(&now).is_some() && stat(&now) == stat(then),
+            _ => false,
+        }
     }
 }
 
@@ -1556,7 +1599,9 @@ const WRITEBACK_FROM: u64 = 8 << 20;
 const RUN_MAX: u64 = 32 << 20;
 
 impl Run {
-    fn copy(self, sources: &Sources, to: &File) -> io::Result<()> {
+    /// Copies the run; false if the source ended early or could not be read (what was copied
+    /// from it must then be verified). Errors are the destination's.
+    fn copy(self, sources: &Sources, to: &File) -> io::Result<bool> {
         let from = &sources.list[self.source].file;
         let (mut off_in, mut off_out) = (self.from as i64, self.to as i64);
         let mut left = self.len;
@@ -1564,7 +1609,8 @@ impl Run {
             let want = left.min(1 << 30) as usize;
             match nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)
             {
-                Ok(0) => return Err(io::Error::other("the source file ended early")),
+                // The source shrank: it changed, and `Copier::finish` verifies what came from it.
+                Ok(0) => return Ok(false),
                 Ok(n) => left -= n as u64,
                 Err(nix::errno::Errno::EINTR) => {}
                 // Another file system under the namespace, or none that can: copy by hand.
@@ -1577,20 +1623,27 @@ impl Run {
                     let mut buf = vec![0u8; left.min(1 << 20) as usize];
                     while left > 0 {
                         let n = left.min(buf.len() as u64) as usize;
-                        from.read_exact_at(&mut buf[..n], off_in as u64)?;
+                        if from.read_exact_at(&mut buf[..n], off_in as u64).is_err() {
+                            return Ok(false);
+                        }
                         to.write_all_at(&buf[..n], off_out as u64)?;
                         off_in += n as i64;
                         off_out += n as i64;
                         left -= n as u64;
                     }
                 }
-                Err(e) => return Err(io::Error::from(e)),
+                // The disk holding the temporary is full: the caller pauses.
+                Err(e @ (nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)) => {
+                    return Err(io::Error::from(e));
+                }
+                // Anything else may be the source's: what was copied is verified.
+                Err(_) => return Ok(false),
             }
         }
         if self.len >= WRITEBACK_FROM {
             shoal_scan::start_writeback(to, self.to, self.len);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -1819,6 +1872,61 @@ mod tests {
             let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
             assert_eq!(Hash::of(&got[range]), c.hash, "chunk at {}", c.offset);
         }
+    }
+
+    #[test]
+    fn a_source_cut_short_during_the_copy_is_verified_not_trusted() {
+        let old = shoal_core::testing::noise(40 << 20, 23);
+        let chunks = shoal_core::chunk::chunk_bytes(&old);
+        let (_tmp, config) = namespace(&[("big", &old)]);
+        let temp = must(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(root(&config).join("t")),
+        );
+        let mut copier = Copier {
+            config: &config,
+            file: &temp,
+            sources: Sources::default(),
+            run: None,
+            unread: Vec::new(),
+            buf: Vec::new(),
+        };
+        for c in &chunks {
+            assert!(must(copier.copy_from_local(c)), "chunk at {}", c.offset);
+        }
+        // Most of the file is still waiting to be copied when the source is cut to half.
+        let big = must(
+            OpenOptions::new()
+                .write(true)
+                .open(root(&config).join("big")),
+        );
+        must(big.set_len(20 << 20));
+        let failed = must(copier.finish());
+        assert!(!failed.is_empty());
+        let got = must(fs::read(root(&config).join("t")));
+        for c in chunks.iter().filter(|c| !failed.contains(c)) {
+            let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
+            assert_eq!(Hash::of(&got[range]), c.hash, "chunk at {}", c.offset);
+        }
+        // What was still waiting (past the first 32 MiB run, copied before the cut) failed;
+        // what was copied before the cut verified and stays.
+        let waiting = RUN_MAX + u64::from(shoal_core::chunk::MAX_SIZE);
+        assert!(
+            chunks
+                .iter()
+                .filter(|c| c.offset >= waiting)
+                .all(|c| failed.contains(c))
+        );
+        assert!(
+            chunks
+                .iter()
+                .filter(|c| c.offset < 20 << 20)
+                .all(|c| !failed.contains(c))
+        );
     }
 
     #[test]
