@@ -1264,71 +1264,8 @@ async fn assemble(
             .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
     };
     debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
-    // Fetcher: the rest from peers, verified, written by one thread (writers of one file only
-    // take turns on its inode lock; several spun on it, and blocked async workers meanwhile).
     if !missing.is_empty() {
-        if need.sources.is_empty() {
-            return Err("no peer announced this version".into());
-        }
-        let (to_writer, writes) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED);
-        let writer = {
-            let file = file.clone();
-            let shared = shared.clone();
-            tokio::task::spawn_blocking(move || write_fetched(&file, &shared, writes))
-        };
-        let mut tasks = JoinSet::new();
-        for chunk in missing {
-            let source = config.source.clone();
-            let sources = need.sources.clone();
-            let fetches = fetches.clone();
-            let to_writer = to_writer.clone();
-            tasks.spawn(async move {
-                let _permit = fetches.acquire_owned().await;
-                let mut last = String::new();
-                for _ in 0..FETCH_ATTEMPTS {
-                    match source.fetch(chunk.hash, sources.clone()).await {
-                        Ok(bytes)
-                            if bytes.len() == chunk.len as usize
-                                && Hash::of(&bytes) == chunk.hash =>
-                        {
-                            // Fails only if the writer stopped: its error is the one reported.
-                            return to_writer
-                                .send((chunk.offset, bytes))
-                                .await
-                                .map_err(|_| Failure::from("the writer stopped"));
-                        }
-                        Ok(_) => last = "a peer sent a chunk that does not verify".into(),
-                        Err(e) => last = e,
-                    }
-                }
-                Err(Failure::from(format!(
-                    "chunk {}: {last}",
-                    &chunk.hash.to_hex()[..12]
-                )))
-            });
-        }
-        drop(to_writer);
-        let mut first_error: Option<Failure> = None;
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined
-                .map_err(|e| Failure::from(e.to_string()))
-                .and_then(|r| r);
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-            if writer.is_finished() {
-                // Only an error ends it early (a full disk): what is still fetched would be
-                // thrown away.
-                tasks.abort_all();
-            }
-        }
-        let written = writer.await.map_err(|e| Failure::from(e.to_string()))?;
-        if let Err(e) = written {
-            return Err(Failure::io("cannot write", &e));
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        fetch_missing(config, shared, &need, &file, missing, fetches).await?;
         debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "fetcher done");
     }
     let target = need.target.clone();
@@ -1343,6 +1280,86 @@ async fn assemble(
     .map_err(|e| e.to_string())?
     .map_err(|e| Failure::io(format_args!("cannot finish {}", temp.display()), &e))?;
     Ok(Ready { need, temp })
+}
+
+/// Fetcher: the chunks of `need` still `missing` from peers, verified, written into `file` by
+/// one thread (writers of one file only take turns on its inode lock; several spun on it, and
+/// blocked async workers meanwhile). A full disk stops everything at once.
+async fn fetch_missing(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    need: &Need,
+    file: &Arc<File>,
+    missing: Vec<shoal_core::chunk::Chunk>,
+    fetches: Arc<Semaphore>,
+) -> Result<(), Failure> {
+    if need.sources.is_empty() {
+        return Err("no peer announced this version".into());
+    }
+    let (to_writer, writes) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED);
+    let writer = {
+        let file = file.clone();
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || write_fetched(&file, &shared, writes))
+    };
+    let mut tasks = JoinSet::new();
+    for chunk in missing {
+        let source = config.source.clone();
+        let sources = need.sources.clone();
+        let fetches = fetches.clone();
+        let to_writer = to_writer.clone();
+        tasks.spawn(async move {
+            let _permit = fetches.acquire_owned().await;
+            let bytes = fetch_verified(&*source, &sources, &chunk).await?;
+            // Fails only if the writer stopped: its error is the one reported.
+            to_writer
+                .send((chunk.offset, bytes))
+                .await
+                .map_err(|_| Failure::from("the writer stopped"))
+        });
+    }
+    drop(to_writer);
+    let mut first_error: Option<Failure> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined
+            .map_err(|e| Failure::from(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+        if writer.is_finished() {
+            // Only an error ends it early (a full disk): what is still fetched would be
+            // thrown away.
+            tasks.abort_all();
+        }
+    }
+    let written = writer.await.map_err(|e| Failure::from(e.to_string()))?;
+    if let Err(e) = written {
+        return Err(Failure::io("cannot write", &e));
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One chunk from one of `sources`, verified; tried [`FETCH_ATTEMPTS`] times.
+async fn fetch_verified(
+    source: &dyn ChunkSource,
+    sources: &[PeerKey],
+    chunk: &shoal_core::chunk::Chunk,
+) -> Result<Vec<u8>, Failure> {
+    let mut last = String::new();
+    for _ in 0..FETCH_ATTEMPTS {
+        match source.fetch(chunk.hash, sources.to_vec()).await {
+            Ok(bytes) if bytes.len() == chunk.len as usize && Hash::of(&bytes) == chunk.hash => {
+                return Ok(bytes);
+            }
+            Ok(_) => last = "a peer sent a chunk that does not verify".into(),
+            Err(e) => last = e,
+        }
+    }
+    Err(Failure::from(format!(
+        "chunk {}: {last}",
+        &chunk.hash.to_hex()[..12]
+    )))
 }
 
 /// Fetched chunks waiting for the file's writer.
