@@ -306,17 +306,18 @@ pub fn chunk_in_parallel<E: Send>(
     });
     let mut pieces = pieces.into_iter().collect::<Result<Vec<_>, E>>()?;
     // Every segment's last chunk ends where the segment was cut, not where the content says.
+    // Cuts of every segment but the first (their last chunks' ends excepted): offset ->
+    // (segment, index). A re-chunk only runs forward, so it only ever meets later segments' cuts.
+    let mut cuts = std::collections::HashMap::new();
+    for (s, piece) in pieces.iter().enumerate().skip(1) {
+        for (i, c) in piece.iter().enumerate().take(piece.len().saturating_sub(1)) {
+            cuts.insert(c.offset + u64::from(c.len), (s, i));
+        }
+    }
     let mut out = std::mem::take(&mut pieces[0]);
     let mut next = 1;
     while next < pieces.len() {
         let Some(open) = out.pop() else { break };
-        // Cuts of later segments (their last chunks' ends excepted): offset -> (segment, index).
-        let mut cuts = std::collections::HashMap::new();
-        for (s, piece) in pieces.iter().enumerate().skip(next) {
-            for (i, c) in piece.iter().enumerate().take(piece.len().saturating_sub(1)) {
-                cuts.insert(c.offset + u64::from(c.len), (s, i));
-            }
-        }
         let mut hasher = ChunkHasher::new();
         let mut buf = vec![0u8; PARALLEL_READ];
         let mut at = open.offset;

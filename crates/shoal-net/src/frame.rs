@@ -183,6 +183,11 @@ fn chunk_data_tag() -> &'static [u8] {
     })
 }
 
+/// Bytes of `v` as a (shortest) varint.
+fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
 fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -211,7 +216,8 @@ fn parse_chunk_head(body: &[u8]) -> Option<(u64, usize, usize)> {
     let len = usize::try_from(len).ok()?;
     let used = chunk_data_tag().len() + a + b;
     // Only the canonical (shortest) encoding, the one this side would write itself.
-    (chunk_head(id, len).len() == used && len <= MAX_CHUNK).then_some((id, len, used))
+    let canonical = varint_len(id) == a && varint_len(len as u64) == b;
+    (canonical && len <= MAX_CHUNK).then_some((id, len, used))
 }
 
 fn take_varint(bytes: &[u8]) -> Option<(u64, usize)> {
