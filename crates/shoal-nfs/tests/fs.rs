@@ -260,19 +260,14 @@ async fn changes_are_made_on_disk_and_handed_to_sync() {
     );
 
     // Every change reached the scanner (batched), with namespace-relative paths.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let seen = s.changed.lock().unwrap().clone();
-        let want = ["new.txt", "dir", "dir/moved.txt", "dir/ln", "x"];
-        if want.iter().all(|w| seen.iter().any(|p| p == w)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "scanner told only {seen:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let want = ["new.txt", "dir", "dir/moved.txt", "dir/ln", "x"];
+    let told = |seen: &[String]| want.iter().all(|w| seen.iter().any(|p| p == w));
+    let reached = tokio::task::block_in_place(|| {
+        shoal_core::testing::poll_until(std::time::Duration::from_secs(5), || {
+            told(&s.changed.lock().unwrap())
+        })
+    });
+    assert!(reached, "scanner told only {:?}", s.changed.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

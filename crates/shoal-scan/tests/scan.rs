@@ -450,12 +450,8 @@ fn wait_for(what: &str, f: impl FnMut() -> bool) {
     wait_for_within(Duration::from_secs(5), what, f);
 }
 
-fn wait_for_within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for_within(limit: Duration, what: &str, f: impl FnMut() -> bool) {
+    shoal_core::testing::wait_until(limit, what, f);
 }
 
 #[test]

@@ -150,38 +150,35 @@ impl Cluster {
 
     fn converge_within(&self, from: usize, what: &str, limit: Duration) -> Duration {
         let start = Instant::now();
-        let mut last = String::new();
-        let deadline = start + limit;
-        loop {
+        let differing = || -> Vec<usize> {
             let want = tree(&self.dir(from));
-            let differing: Vec<usize> = (0..self.nodes.len())
+            (0..self.nodes.len())
                 .filter(|&i| i != from && tree(&self.dir(i)) != want)
-                .collect();
-            if differing.is_empty() {
-                for i in 0..self.nodes.len() {
-                    assert!(
-                        temporaries(&self.dir(i)).is_empty(),
-                        "node {i} shows temporaries"
-                    );
-                }
-                return start.elapsed();
+                .collect()
+        };
+        if !common::poll_until(limit, || differing().is_empty()) {
+            let want = tree(&self.dir(from));
+            let mut last = String::new();
+            for i in differing() {
+                last += &format!(
+                    "\nnode {i}: {:?}\nwant: {want:?}\nstatus: {}\nlog:\n{}",
+                    tree(&self.dir(i)),
+                    self.nodes[i].status_json(),
+                    self.daemons[i]
+                        .as_ref()
+                        .map(Daemon::log)
+                        .unwrap_or_default()
+                );
             }
-            if Instant::now() > deadline {
-                for &i in &differing {
-                    last += &format!(
-                        "\nnode {i}: {:?}\nwant: {want:?}\nstatus: {}\nlog:\n{}",
-                        tree(&self.dir(i)),
-                        self.nodes[i].status_json(),
-                        self.daemons[i]
-                            .as_ref()
-                            .map(Daemon::log)
-                            .unwrap_or_default()
-                    );
-                }
-                panic!("{what}: not converged after {limit:?}{last}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            panic!("{what}: not converged after {limit:?}{last}");
         }
+        for i in 0..self.nodes.len() {
+            assert!(
+                temporaries(&self.dir(i)).is_empty(),
+                "node {i} shows temporaries"
+            );
+        }
+        start.elapsed()
     }
 }
 
@@ -361,11 +358,10 @@ fn a_node_killed_mid_transfer_resumes_with_no_partial_file() {
     let mut c = c;
     let data = noise(96 << 20, 3);
     write(&c.dir(0).join("large.bin"), &data);
-    // Kill B as soon as it has started on the file (its temporary exists), or after 2 s.
-    let start = Instant::now();
-    while temporaries(&c.dir(1)).is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // Kill B as soon as it has started on the file (its temporary exists), or after 10 s.
+    common::poll_until(Duration::from_secs(10), || {
+        !temporaries(&c.dir(1)).is_empty()
+    });
     let mut d = c.daemons[1].take().unwrap();
     d.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
     // Never a partial file under the real name.
@@ -569,24 +565,20 @@ fn ns_status(c: &Cluster, i: usize) -> serde_json::Value {
 /// Waits until node `i` is paused for a full disk on `mount`; returns its `disk_full`.
 fn wait_paused(c: &Cluster, i: usize, mount: &Path, what: &str) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let ns = ns_status(c, i);
-        if ns["state"] == "paused" && ns["sync"]["state"] == "paused" {
-            let full = ns["sync"]["disk_full"].clone();
-            assert_eq!(full["mount"].as_str(), mount.to_str(), "{ns}");
-            let why = ns["sync"]["error"].as_str().unwrap_or_default();
-            assert!(why.starts_with("disk full: "), "{ns}");
-            return full;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: node {i} not paused after {CONVERGE:?}: {last}\nlog:\n{}",
-            c.daemons[i].as_ref().map(Daemon::log).unwrap_or_default()
-        );
-        last = ns;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let paused = common::poll_until(CONVERGE, || {
+        last = ns_status(c, i);
+        last["state"] == "paused" && last["sync"]["state"] == "paused"
+    });
+    assert!(
+        paused,
+        "{what}: node {i} not paused after {CONVERGE:?}: {last}\nlog:\n{}",
+        c.daemons[i].as_ref().map(Daemon::log).unwrap_or_default()
+    );
+    let full = last["sync"]["disk_full"].clone();
+    assert_eq!(full["mount"].as_str(), mount.to_str(), "{last}");
+    let why = last["sync"]["error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("disk full: "), "{last}");
+    full
 }
 
 /// Waits until node `i` is no longer paused.

@@ -212,18 +212,18 @@ impl Daemon {
     ) -> (std::process::ExitStatus, Duration) {
         let start = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
-        loop {
-            if let Some(status) = self.try_wait() {
-                self.child = None;
-                return (status, start.elapsed());
-            }
-            assert!(
-                start.elapsed() < deadline,
-                "daemon still running {deadline:?} after {signal}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        let ended = poll_until(deadline, || {
+            status = self.try_wait();
+            status.is_some()
+        });
+        assert!(
+            ended,
+            "daemon still running {deadline:?} after {signal}; log:\n{}",
+            self.log()
+        );
+        self.child = None;
+        (status.expect("polled until it ended"), start.elapsed())
     }
 }
 
@@ -236,18 +236,7 @@ impl Drop for Daemon {
     }
 }
 
-/// Polls `check` until it holds; panics with `what` after `deadline`. Polling with a deadline is
-/// how these tests wait for an event in another process, never a fixed sleep.
-pub fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use shoal_core::testing::{poll_until, wait_until};
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
