@@ -31,7 +31,7 @@
 //! Temporaries of wanted content are kept (resuming must not fetch them again); only
 //! temporaries of content no longer wanted are deleted then (see [`remove_stale_temporaries`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -1141,22 +1141,31 @@ async fn pull_small(
             Err(e) => errors.add("(puller)", e),
         }
     }
-    // Writer: one thread, one file after another.
+    // Writers: one thread per core, each with whole directories (creating a file takes its
+    // directory's lock, and on ext4 an inode search in the directory's block group).
     let config = config.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let mut ready = Vec::new();
-        let mut errors = Errors::default();
-        for need in needs {
-            if let Some(why) = need.target.chunks.iter().find_map(|c| failed.get(&c.hash)) {
-                errors.add(&need.path, why);
-                continue;
+        let shares = by_directory(needs, writers());
+        let (have, failed) = (&have, &failed);
+        let config = &config;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| scope.spawn(move || write_smalls(config, share, have, failed)))
+                .collect();
+            let mut ready = Vec::new();
+            let mut errors = Errors::default();
+            for handle in handles {
+                match handle.join() {
+                    Ok((r, e)) => {
+                        ready.extend(r);
+                        errors.merge(e);
+                    }
+                    Err(_) => errors.add("(puller)", "a writer thread panicked"),
+                }
             }
-            match write_small(&config, &need, &have) {
-                Ok(temp) => ready.push(Ready { need, temp }),
-                Err(e) => errors.io(&need.path, &e, need.target.size),
-            }
-        }
-        (ready, errors)
+            (ready, errors)
+        })
     })
     .await;
     match written {
@@ -1169,6 +1178,60 @@ async fn pull_small(
             (Vec::new(), errors)
         }
     }
+}
+
+/// How many threads write small files: the cores this process may use, at most 4.
+fn writers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// `needs` in up to `n` shares of about equal size, each holding whole directories; the order of
+/// files inside a directory is kept.
+fn by_directory(needs: Vec<Need>, n: usize) -> Vec<Vec<Need>> {
+    let mut dirs: BTreeMap<String, Vec<Need>> = BTreeMap::new();
+    for need in needs {
+        let dir = need
+            .path
+            .rsplit_once('/')
+            .map_or("", |(dir, _)| dir)
+            .to_owned();
+        dirs.entry(dir).or_default().push(need);
+    }
+    let mut shares: Vec<Vec<Need>> = (0..n.max(1)).map(|_| Vec::new()).collect();
+    // Largest directories first, each to the share with the fewest files so far.
+    let mut dirs: Vec<Vec<Need>> = dirs.into_values().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    for dir in dirs {
+        let least = shares
+            .iter_mut()
+            .min_by_key(|s| s.len())
+            .expect("at least one share");
+        least.extend(dir);
+    }
+    shares.retain(|s| !s.is_empty());
+    shares
+}
+
+/// One writer's share of a group of small files, written one after another.
+fn write_smalls(
+    config: &PullerConfig,
+    needs: Vec<Need>,
+    have: &HashMap<Hash, Vec<u8>>,
+    failed: &HashMap<Hash, String>,
+) -> (Vec<Ready>, Errors) {
+    let mut ready = Vec::new();
+    let mut errors = Errors::default();
+    for need in needs {
+        if let Some(why) = need.target.chunks.iter().find_map(|c| failed.get(&c.hash)) {
+            errors.add(&need.path, why);
+            continue;
+        }
+        match write_small(config, &need, have) {
+            Ok(temp) => ready.push(Ready { need, temp }),
+            Err(e) => errors.io(&need.path, &e, need.target.size),
+        }
+    }
+    (ready, errors)
 }
 
 fn write_small(
@@ -1844,6 +1907,60 @@ mod tests {
             archive_keep: Duration::from_secs(1),
         };
         (tmp, config)
+    }
+
+    #[test]
+    fn small_files_are_shared_out_by_whole_directories_in_order() {
+        let need = |path: &str| Need {
+            path: path.to_owned(),
+            target: Entry {
+                kind: Kind::File,
+                deleted: false,
+                size: 1,
+                mode: 0o644,
+                mtime_ns: 0,
+                local: Default::default(),
+                chunks: Vec::new(),
+                hash: Hash::of(b""),
+                target: None,
+                version: Default::default(),
+                modified_by: shoal_core::version::DeviceId(1),
+                seq: 0,
+            },
+            sources: Vec::new(),
+            local: None,
+            keep_local_as_conflict: false,
+            version_only: false,
+        };
+        let paths = ["a/1", "b/1", "a/2", "top", "c/d/1", "a/3", "b/2", "c/1"];
+        let shares = by_directory(paths.iter().map(|p| need(p)).collect(), 2);
+        assert_eq!(shares.len(), 2);
+        let names: Vec<Vec<&str>> = shares
+            .iter()
+            .map(|s| s.iter().map(|n| n.path.as_str()).collect())
+            .collect();
+        // Every directory in one share, its files in their order; every file somewhere once.
+        for dir in ["a/", "b/", "c/d/", "c/1"] {
+            let holders: Vec<_> = names
+                .iter()
+                .filter(|s| s.iter().any(|p| p.starts_with(dir)))
+                .collect();
+            assert_eq!(holders.len(), 1, "{dir} split across shares: {names:?}");
+        }
+        assert_eq!(
+            names.iter().flatten().filter(|p| p.starts_with("a/")).collect::<Vec<_>>(),
+            [&"a/1", &"a/2", &"a/3"]
+        );
+        let mut all: Vec<&str> = names.concat();
+        all.sort_unstable();
+        let mut want = paths.to_vec();
+        want.sort_unstable();
+        assert_eq!(all, want);
+        // Balanced: the largest directory (3 files) alone against the rest (5) at worst.
+        assert!(names.iter().all(|s| s.len() <= 5), "{names:?}");
+        // Fewer files than writers: no empty share.
+        assert_eq!(by_directory(vec![need("x")], 4).len(), 1);
+        assert!(by_directory(Vec::new(), 4).is_empty());
     }
 
     #[test]
