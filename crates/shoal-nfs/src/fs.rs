@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nfs3_server::nfs3_types::nfs3::{
-    Nfs3Option, createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3,
-    set_atime, set_mtime, specdata3, stable_how,
+    FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK, FSINFO3resok, Nfs3Option, createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3,
+    set_atime, set_mtime, specdata3, stable_how, wcc_attr,
 };
 use nfs3_server::vfs::{
     DirEntryPlus, FileHandle, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
@@ -243,6 +243,64 @@ struct Inner {
 const WRITE_STRIPES: usize = 64;
 
 impl ShoalFs {
+    /// READ: appends up to `count` bytes from `offset` to `out` (into its spare capacity: zeroing a
+    /// 1 MiB buffer per READ cost more than the copy). Returns the file's attributes as opened and
+    /// whether the read reached the end of the file.
+    pub(crate) fn read_into(
+        &self,
+        id: &Fh,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(fattr3, bool), nfsstat3> {
+        let (found, mut file) = self.inner.open_file(id, OFlags::RDONLY)?;
+        let size = found.stat.stx_size;
+        // A client may ask for more than it was offered: it gets what was offered at most.
+        let want = u64::from(count.min(crate::MAX_TRANSFER)).min(size.saturating_sub(offset));
+        out.reserve(usize::try_from(want).unwrap_or(0));
+        let before = out.len();
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(io_errno)?;
+        (&mut file).take(want).read_to_end(out).map_err(io_errno)?;
+        let done = (out.len() - before) as u64;
+        Ok((attributes(&found.stat), offset + done >= size))
+    }
+
+    /// WRITE: the file's attributes before (for the client's cache) and after, and the stability
+    /// reached.
+    pub(crate) fn write_at(
+        &self,
+        id: &Fh,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> Result<(wcc_attr, fattr3, stable_how), nfsstat3> {
+        let inner = &self.inner;
+        let (found, file) = inner.open_file(id, OFlags::WRONLY)?;
+        if found.export.read_only {
+            return Err(nfsstat3::NFS3ERR_ROFS);
+        }
+        let before = wcc_attr {
+            size: found.stat.stx_size,
+            mtime: time(found.stat.stx_mtime),
+            ctime: time(found.stat.stx_ctime),
+        };
+        {
+            let _turn = lock(&inner.writing[(id.ino() % WRITE_STRIPES as u64) as usize]);
+            file.write_all_at(data, offset).map_err(io_errno)?;
+        }
+        match stable {
+            // The disk starts on it now, while the client sends more: the COMMIT that follows
+            // then waits for what is left, not for all of it.
+            stable_how::UNSTABLE => shoal_scan::start_writeback(&file, offset, data.len() as u64),
+            stable_how::DATA_SYNC => file.sync_data().map_err(io_errno)?,
+            stable_how::FILE_SYNC => file.sync_all().map_err(io_errno)?,
+        }
+        let stat = statx_fd(file.as_fd())?;
+        inner.changed(&found.export, &[&found.rel]);
+        Ok((before, attributes(&stat), stable))
+    }
+
     pub fn new(exports: Arc<Exports>) -> ShoalFs {
         ShoalFs {
             inner: Arc::new(Inner {
@@ -771,21 +829,8 @@ impl NfsReadFileSystem for ShoalFs {
 
     async fn read(&self, id: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool), nfsstat3> {
         blocking(|| {
-            let (found, file) = self.inner.open_file(id, OFlags::RDONLY)?;
-            let size = found.stat.stx_size;
-            let want =
-                usize::try_from(u64::from(count).min(size.saturating_sub(offset))).unwrap_or(0);
-            // Read into spare capacity: zeroing a 1 MiB buffer per READ cost more than the copy.
-            let mut buf = Vec::with_capacity(want);
-            let mut file = file;
-            file.seek(std::io::SeekFrom::Start(offset))
-                .map_err(io_errno)?;
-            (&mut file)
-                .take(want as u64)
-                .read_to_end(&mut buf)
-                .map_err(io_errno)?;
-            let done = buf.len();
-            let eof = offset + done as u64 >= size;
+            let mut buf = Vec::new();
+            let (_, eof) = self.read_into(id, offset, count, &mut buf)?;
             Ok((buf, eof))
         })
     }
@@ -844,6 +889,31 @@ impl NfsReadFileSystem for ShoalFs {
         let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(errno)?;
         Ok(target.into_bytes().into())
     }
+
+    async fn fsinfo(&self, root: &Fh) -> Result<FSINFO3resok, nfsstat3> {
+        let transfer = crate::MAX_TRANSFER;
+        Ok(FSINFO3resok {
+            obj_attributes: self
+                .getattr(root)
+                .await
+                .map_or(Nfs3Option::None, Nfs3Option::Some),
+            rtmax: transfer,
+            rtpref: transfer,
+            rtmult: 4096,
+            wtmax: transfer,
+            wtpref: transfer,
+            wtmult: 4096,
+            dtpref: 1 << 20,
+            // The library's default is 128 GiB; ext4 holds files of up to 16 TiB, XFS more: the
+            // file system refuses what it cannot hold (EFBIG), not the export.
+            maxfilesize: i64::MAX as u64,
+            time_delta: nfstime3 {
+                seconds: 0,
+                nseconds: 1,
+            },
+            properties: FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+        })
+    }
 }
 
 impl NfsFileSystem for ShoalFs {
@@ -879,28 +949,9 @@ impl NfsFileSystem for ShoalFs {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how), nfsstat3> {
-        let inner = &self.inner;
         blocking(|| {
-            let (found, file) = inner.open_file(id, OFlags::WRONLY)?;
-            if found.export.read_only {
-                return Err(nfsstat3::NFS3ERR_ROFS);
-            }
-            {
-                let _turn = lock(&inner.writing[(id.ino() % WRITE_STRIPES as u64) as usize]);
-                file.write_all_at(data, offset).map_err(io_errno)?;
-            }
-            match stable {
-                // The disk starts on it now, while the client sends more: the COMMIT that follows
-                // then waits for what is left, not for all of it.
-                stable_how::UNSTABLE => {
-                    shoal_scan::start_writeback(&file, offset, data.len() as u64)
-                }
-                stable_how::DATA_SYNC => file.sync_data().map_err(io_errno)?,
-                stable_how::FILE_SYNC => file.sync_all().map_err(io_errno)?,
-            }
-            let stat = statx_fd(file.as_fd())?;
-            inner.changed(&found.export, &[&found.rel]);
-            Ok((attributes(&stat), stable))
+            self.write_at(id, offset, data, stable)
+                .map(|(_, after, stable)| (after, stable))
         })
     }
 

@@ -8,12 +8,13 @@
 
 pub mod allow;
 pub mod fs;
+mod rpc;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use allow::Network;
 pub use fs::{Exports, OnChange, ShoalFs};
@@ -58,6 +59,11 @@ pub fn generation() -> u64 {
     }
 }
 
+/// The largest READ and WRITE offered to clients (FSINFO): Linux clients use at most 1 MiB
+/// whatever is offered. (4 MiB, which nfs-rs would take, measured no faster: larger buffers cost
+/// as much in page faults as fewer calls save.)
+pub const MAX_TRANSFER: u32 = 1 << 20;
+
 /// Binds the public NFS port. Separate from [`serve`] so that the daemon can bind it before it
 /// drops root (ports below 1024).
 pub fn bind(addr: Ipv4Addr, port: u16) -> std::io::Result<std::net::TcpListener> {
@@ -66,24 +72,21 @@ pub fn bind(addr: Ipv4Addr, port: u16) -> std::io::Result<std::net::TcpListener>
     Ok(listener)
 }
 
-/// Bytes a relay moves per `splice`, and the size of its pipes: NFS moves 1 MiB per READ or WRITE.
-const GATE_PIPE: usize = 1 << 20;
-
 /// Serves `exports` to the clients in `allow` on `public` (from [`bind`]).
 ///
 /// The protocol library owns its accept loop and never shows the client's address, so it listens on
-/// loopback only and the public port is a gate of ours in front of it: a connection from outside
-/// `allow` is closed at once (and logged); an allowed one is relayed by the kernel (`splice`
-/// through a pipe, two threads per connection), so the relay copies nothing through user space.
-/// (A classic BPF filter on the listening socket would have cost no relay at all, but attaching
-/// one needs CAP_NET_ADMIN on current kernels, which containers do not have.)
+/// loopback only and the public port is ours: a connection from outside `allow` is closed at once
+/// (and logged); an allowed one is served by [`rpc`], which answers READ and WRITE itself and
+/// passes every other call to the library.
 pub async fn serve(
     public: std::net::TcpListener,
     allow: &[Network],
     exports: Arc<Exports>,
 ) -> std::io::Result<Server> {
     let fs = ShoalFs::new(exports);
-    let inner = NFSTcpListener::bind_with_generation("127.0.0.1:0", fs, generation()).await?;
+    let generation = generation();
+    let inner =
+        NFSTcpListener::bind_with_generation("127.0.0.1:0", fs.clone(), generation).await?;
     let inner_port = inner.get_listen_port();
     let public = tokio::net::TcpListener::from_std(public)?;
     let port = public.local_addr()?.port();
@@ -110,99 +113,17 @@ pub async fn serve(
                 warn!(client = %peer, "refused an NFS client outside NFS_ALLOW");
                 continue;
             }
-            let client = match client.into_std() {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(client = %peer, "cannot take over an NFS connection: {e}");
-                    continue;
-                }
-            };
-            if let Err(e) = relay_thread(move || relay(client, peer.ip(), inner_port)) {
-                warn!(client = %peer, "cannot start an NFS relay: {e}");
-            }
+            tokio::spawn(rpc::connection(
+                client,
+                peer,
+                inner_port,
+                fs.clone(),
+                generation.to_le_bytes(),
+            ));
         }
     });
     Ok(Server {
         port,
         tasks: vec![gate, protocol],
     })
-}
-
-/// Starts a relay thread (named so, for `ps -L` and the tests).
-fn relay_thread<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<T>> {
-    std::thread::Builder::new()
-        .name("nfs-relay".into())
-        .spawn(f)
-}
-
-/// Relays one allowed client to the protocol listener until either side closes.
-fn relay(client: std::net::TcpStream, peer: IpAddr, inner_port: u16) {
-    let server = match std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, inner_port)) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot reach the NFS protocol listener: {e}");
-            return;
-        }
-    };
-    let prepared = (|| -> std::io::Result<_> {
-        client.set_nonblocking(false)?;
-        client.set_nodelay(true)?;
-        server.set_nodelay(true)?;
-        Ok((client.try_clone()?, server.try_clone()?))
-    })();
-    let (client_out, server_in) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(client = %peer, "cannot relay an NFS connection: {e}");
-            return;
-        }
-    };
-    let down = relay_thread(move || pump(&server_in, &client_out));
-    let up = pump(&client, &server);
-    let down = match down {
-        Ok(t) => t
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the relay thread failed"))),
-        Err(e) => Err(e),
-    };
-    match (up, down) {
-        (Ok(up), Ok(down)) => debug!(client = %peer, up, down, "NFS connection closed"),
-        (Err(e), _) | (_, Err(e)) => debug!(client = %peer, "NFS connection ended: {e}"),
-    }
-}
-
-/// Moves bytes from `from` to `to` through a pipe until `from` ends, then passes the end on. On
-/// an error both sockets are shut, so that the other direction ends too.
-fn pump(from: &std::net::TcpStream, to: &std::net::TcpStream) -> std::io::Result<u64> {
-    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
-    let result = (|| -> std::io::Result<u64> {
-        let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC)?;
-        // A larger pipe means fewer calls; the default (64 KiB) still works when refused.
-        let _ = fcntl_setpipe_size(&pipe_in, GATE_PIPE);
-        let mut total = 0u64;
-        loop {
-            let n = splice(from, None, &pipe_in, None, GATE_PIPE, SpliceFlags::MOVE)?;
-            if n == 0 {
-                break;
-            }
-            let mut left = n;
-            while left > 0 {
-                let m = splice(&pipe_out, None, to, None, left, SpliceFlags::MOVE)?;
-                if m == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                left -= m;
-            }
-            total += n as u64;
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-        Ok(total)
-    })();
-    if result.is_err() {
-        let _ = from.shutdown(std::net::Shutdown::Both);
-        let _ = to.shutdown(std::net::Shutdown::Both);
-    }
-    result
 }

@@ -252,6 +252,16 @@ fn disk_changes_show_at_once_and_names_can_be_reused() {
     );
     let out = a.nfs_rs_ok(NS, &code);
     assert!(out.starts_with("error"), "{out}");
+    // The same for a write through a handle whose file is gone.
+    let code = format!(
+        "f = c.open('w.txt', 'wb')\nf.write(b'first')\n\
+         import os\nos.remove({:?})\n\
+         try:\n    f.write_at(b'second', 0)\n    print('wrote a deleted file')\nexcept Exception as e:\n    print('error', type(e).__name__)",
+        dir.join("w.txt").to_str().unwrap()
+    );
+    let out = a.nfs_rs_ok(NS, &code);
+    assert!(out.starts_with("error"), "{out}");
+    assert!(!dir.join("w.txt").exists());
     assert!(libnfs_ok("nfs-ls", &[&a.url("shared")]).status.success());
 }
 
@@ -371,15 +381,14 @@ fn read_only_namespaces_and_disallowed_networks() {
     assert_eq!(status["nfs"]["allow"][0], "10.0.0.0/8");
 }
 
-/// Threads of `pid` named `name`.
-fn threads_named(pid: i32, name: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("comm"))
-                        .is_ok_and(|comm| comm.trim_end() == name)
+/// Sockets `pid` holds open.
+fn sockets(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|to| to.to_string_lossy().starts_with("socket:"))
                 })
                 .count()
         })
@@ -387,20 +396,22 @@ fn threads_named(pid: i32, name: &str) -> usize {
 }
 
 #[test]
-fn connections_that_end_any_way_leave_no_relay_behind() {
-    // Each allowed client is relayed by two threads; whatever way a connection ends (at once,
-    // after a partial request, after garbage, mid-reply), both must go.
+fn connections_that_end_any_way_leave_nothing_behind() {
+    // Each allowed client holds its socket and one to the protocol library; whatever way a
+    // connection ends (at once, after a partial request, after garbage, mid-reply), both must go.
     use std::io::{Read, Write};
     let node = Server::start(&[(NS, MAKEFILE_SECRET)], &[], None);
     std::fs::write(node.dir(NS).join("big"), vec![7u8; 8 << 20]).unwrap();
     let pid = node._daemon.pid();
     let addr = ("127.0.0.1", node.port);
-    // While a connection is open, its two relay threads are there to be seen.
+    let idle = sockets(pid);
+    // While a connection is open, its sockets are there to be seen (and the library's end of the
+    // loopback one: three in all).
     let open = std::net::TcpStream::connect(addr).unwrap();
     wait_until(
         Duration::from_secs(10),
-        "an open connection's relay",
-        || threads_named(pid, "nfs-relay") == 2,
+        "an open connection's sockets",
+        || sockets(pid) == idle + 3,
     );
     drop(open);
     for i in 0..30 {
@@ -425,8 +436,8 @@ fn connections_that_end_any_way_leave_no_relay_behind() {
     let _ = reader.stdout.as_mut().unwrap().read(&mut first);
     reader.kill().unwrap();
     reader.wait().unwrap();
-    wait_until(Duration::from_secs(20), "every relay thread to end", || {
-        threads_named(pid, "nfs-relay") == 0
+    wait_until(Duration::from_secs(20), "every connection's sockets to close", || {
+        sockets(pid) == idle
     });
     // And the server still serves.
     let listed = libnfs_ok("nfs-ls", &[&node.url(NS)]);
