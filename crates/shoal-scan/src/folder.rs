@@ -278,7 +278,17 @@ impl Worker {
                 next_full = Instant::now() + interval;
                 continue;
             }
-            let due = hot.take_due(now);
+            let mut due = hot.take_due(now);
+            // A large file that was written again during the second half of its wait is still
+            // being streamed: it waits again, unread (each read given up on half-way cost both
+            // cores up to a tenth of a second, taken from the writer).
+            due.retain(|p| {
+                let busy = crate::scanner::busy_within(&root.join(p), hot.last_wait(p) / 2);
+                if busy {
+                    hot.defer(p.clone(), now);
+                }
+                !busy
+            });
             if !due.is_empty() {
                 pending.extend(due);
                 first.get_or_insert(now);
@@ -430,6 +440,16 @@ impl Hot {
         self.due.insert(path, now + wait);
     }
 
+    /// How long `path` last waited (zero if it never did).
+    fn last_wait(&self, path: &str) -> Duration {
+        match self.strikes.get(path) {
+            Some(&strikes) if strikes > 0 => {
+                (RETRY_CHANGING * 2u32.saturating_pow(strikes - 1)).min(RETRY_CHANGING_MAX)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     fn waiting(&self, path: &str) -> bool {
         self.due.contains_key(path)
     }
@@ -464,4 +484,46 @@ impl Hot {
 
 fn file_name(rel: &str) -> &str {
     rel.rsplit('/').next().unwrap_or(rel)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_found_changing_waits_longer_each_time_and_afresh_once_read() {
+        let mut hot = Hot::default();
+        let t = Instant::now();
+        assert_eq!(hot.last_wait("f"), Duration::ZERO);
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            hot.defer("f".to_owned(), t);
+            waits.push(hot.last_wait("f"));
+            assert_eq!(hot.next_due(), Some(t + hot.last_wait("f")));
+            assert!(hot.waiting("f"));
+            assert_eq!(hot.take_due(t + hot.last_wait("f")), ["f"]);
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [25, 50, 100, 200, 400, 800, 1600, 1600, 1600]);
+        // Read whole: the next time it is found changing starts from the shortest wait.
+        hot.settled(&["f".to_owned()], &[]);
+        assert_eq!(hot.last_wait("f"), Duration::ZERO);
+        hot.defer("f".to_owned(), t);
+        assert_eq!(hot.last_wait("f"), RETRY_CHANGING);
+    }
+
+    #[test]
+    fn only_a_large_file_written_within_the_quiet_time_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let large = dir.path().join("large");
+        let small = dir.path().join("small");
+        std::fs::write(&large, vec![1u8; 5 << 20]).unwrap();
+        std::fs::write(&small, b"x").unwrap();
+        let long = Duration::from_secs(3600);
+        assert!(crate::scanner::busy_within(&large, long));
+        assert!(!crate::scanner::busy_within(&large, Duration::ZERO));
+        assert!(!crate::scanner::busy_within(&small, long));
+        assert!(!crate::scanner::busy_within(&dir.path().join("gone"), long));
+    }
 }

@@ -87,11 +87,25 @@ const BUSY_AGE: Duration = Duration::from_millis(20);
 /// True for a large file whose inode (ctime, which no one can set, unlike mtime) changed in the
 /// last [`BUSY_AGE`] before `wall`.
 fn being_written(stat: &DiskStat, wall: SystemTime) -> bool {
+    written_within(stat, wall, BUSY_AGE)
+}
+
+/// True for a large file whose inode changed in the last `quiet` before `wall`.
+fn written_within(stat: &DiskStat, wall: SystemTime, quiet: Duration) -> bool {
     let Ok(now) = wall.duration_since(UNIX_EPOCH) else {
         return false;
     };
     let age = i128::try_from(now.as_nanos()).unwrap_or(i128::MAX) - i128::from(stat.local.ctime_ns);
-    stat.size >= BUSY_SIZE && (0..BUSY_AGE.as_nanos() as i128).contains(&age)
+    stat.size >= BUSY_SIZE && (0..quiet.as_nanos() as i128).contains(&age)
+}
+
+/// True when `abs` is a large file that changed less than `quiet` ago: still being written, so
+/// reading it now would most likely be given up on half-way.
+pub fn busy_within(abs: &Path, quiet: Duration) -> bool {
+    std::fs::symlink_metadata(abs)
+        .ok()
+        .and_then(|m| DiskStat::from_metadata(&m))
+        .is_some_and(|stat| written_within(&stat, SystemTime::now(), quiet))
 }
 
 /// Keeps one namespace's index equal to its disk.
