@@ -85,6 +85,49 @@ impl Entry {
     }
 }
 
+/// A path's stat as shoal records it (from `lstat`, or `fstat` of an open file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskStat {
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    /// Directories: 0 (a directory's mtime changes with its content; it is not synced).
+    pub mtime_ns: i64,
+    pub local: LocalStat,
+}
+
+impl DiskStat {
+    /// `None` for what shoal does not sync: sockets, FIFOs, devices.
+    pub fn from_metadata(m: &std::fs::Metadata) -> Option<DiskStat> {
+        use std::os::unix::fs::MetadataExt;
+        let ft = m.file_type();
+        let kind = if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            return None;
+        };
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Some(DiskStat {
+            kind,
+            size: if kind == Kind::Dir { 0 } else { m.size() },
+            mode: m.mode() & 0o7777,
+            mtime_ns: if kind == Kind::Dir {
+                0
+            } else {
+                ns(m.mtime(), m.mtime_nsec())
+            },
+            local: LocalStat {
+                inode: m.ino(),
+                ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            },
+        })
+    }
+}
+
 /// What the scanner needs to decide whether a path changed, without decoding chunk lists twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -97,19 +140,25 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// True when `m` (the metadata of an open file) shows the file this stamp was taken of,
-    /// unchanged since: same inode, size, mtime and ctime. (A write after the stamp was taken
-    /// gives the file a new ctime; the scanner trusts the same test.)
-    pub fn still_describes(&self, m: &std::fs::Metadata) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    /// True when `d` shows what this stamp was taken of, with its content unchanged since: a live
+    /// path of the same kind and, unless a directory, the same inode, size, mtime and ctime (a
+    /// write after the stamp was taken gives the file a new ctime, which no one can set).
+    pub fn same_content(&self, d: &DiskStat) -> bool {
         !self.deleted
-            && self.kind == Kind::File
-            && m.file_type().is_file()
-            && m.size() == self.size
-            && ns(m.mtime(), m.mtime_nsec()) == self.mtime_ns
-            && m.ino() == self.local.inode
-            && ns(m.ctime(), m.ctime_nsec()) == self.local.ctime_ns
+            && d.kind == self.kind
+            && (d.kind == Kind::Dir
+                || (d.size == self.size && d.mtime_ns == self.mtime_ns && d.local == self.local))
+    }
+
+    /// [`Stamp::same_content`] and the same permission bits: nothing to record (the scanner's test).
+    pub fn unchanged(&self, d: &DiskStat) -> bool {
+        self.same_content(d) && d.mode == self.mode
+    }
+
+    /// True when `m` (the metadata of an open file) shows the file this stamp was taken of, its
+    /// content unchanged since: the test for trusting the index's chunk hashes of it unread.
+    pub fn still_describes(&self, m: &std::fs::Metadata) -> bool {
+        self.kind == Kind::File && DiskStat::from_metadata(m).is_some_and(|d| self.same_content(&d))
     }
 }
 
@@ -123,5 +172,62 @@ impl From<&Entry> for Stamp {
             mtime_ns: e.mtime_ns,
             local: e.local,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn stamp_of(d: DiskStat) -> Stamp {
+        Stamp {
+            kind: d.kind,
+            deleted: false,
+            size: d.size,
+            mode: d.mode,
+            mtime_ns: d.mtime_ns,
+            local: d.local,
+        }
+    }
+
+    fn stat(p: &std::path::Path) -> DiskStat {
+        DiskStat::from_metadata(&std::fs::symlink_metadata(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn one_rule_says_what_is_unchanged_for_the_scanner_and_for_trusted_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"one").unwrap();
+        let stamp = stamp_of(stat(&p));
+        let open = || std::fs::File::open(&p).unwrap().metadata().unwrap();
+        assert!(stamp.unchanged(&stat(&p)) && stamp.still_describes(&open()));
+
+        // Permission bits: something to record, but the content can still be trusted.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let chmodded = stat(&p);
+        assert!(!stamp.unchanged(&chmodded));
+        // (chmod gives a new ctime, so the stamp no longer describes the content either.)
+        assert!(!stamp.same_content(&chmodded));
+        let stamp = stamp_of(chmodded);
+        assert!(stamp.unchanged(&stat(&p)) && stamp.still_describes(&open()));
+
+        // Rewritten: neither.
+        std::fs::write(&p, b"two").unwrap();
+        assert!(!stamp.unchanged(&stat(&p)) && !stamp.still_describes(&open()));
+
+        // A tombstone describes nothing; a directory is unchanged whatever its times.
+        let mut gone = stamp_of(stat(&p));
+        gone.deleted = true;
+        assert!(!gone.same_content(&stat(&p)));
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        let dir_stamp = stamp_of(stat(&d));
+        std::fs::write(d.join("inside"), b"x").unwrap();
+        assert!(dir_stamp.unchanged(&stat(&d)));
+        // Only files are read through a stamp.
+        assert!(!dir_stamp.still_describes(&std::fs::metadata(&d).unwrap()));
     }
 }

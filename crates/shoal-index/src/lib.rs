@@ -11,6 +11,6 @@ mod entry;
 mod error;
 mod store;
 
-pub use entry::{ChunkRef, Entry, Kind, LocalStat, Stamp};
+pub use entry::{ChunkRef, DiskStat, Entry, Kind, LocalStat, Stamp};
 pub use error::IndexError;
 pub use store::{Batch, ChunkLocation, Counts, Index, PeerKey, SCHEMA};

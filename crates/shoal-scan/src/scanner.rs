@@ -584,7 +584,7 @@ fn diff(
                     j += 1;
                 }
                 std::cmp::Ordering::Equal => {
-                    if unchanged(&d.stat, stamp) {
+                    if stamp.unchanged(&d.stat) {
                         report.unchanged += 1;
                     } else {
                         actions.push(Action::Record(d.clone()));
@@ -612,16 +612,6 @@ fn gone(
         return;
     }
     actions.push(Action::Tombstone(path.to_owned()));
-}
-
-/// True when what is on disk is what the index recorded (directories: kind and mode only, since
-/// their times change with their content).
-pub fn unchanged(d: &DiskStat, s: &Stamp) -> bool {
-    !s.deleted
-        && d.kind == s.kind
-        && d.mode == s.mode
-        && (d.kind == Kind::Dir
-            || (d.size == s.size && d.mtime_ns == s.mtime_ns && d.local == s.local))
 }
 
 /// Sorted, deduplicated roots with every root inside another one dropped (`""` covers everything).

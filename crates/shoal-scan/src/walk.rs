@@ -5,14 +5,12 @@
 //! names that are not valid UTF-8: peers on other systems could not represent them, and a name
 //! shoal cannot carry faithfully is better left alone than mangled (Syncthing does the same).
 
-use std::fs::Metadata;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
 use shoal_core::ignore::{IgnoreList, is_reserved, is_temp_name};
-use shoal_index::{Kind, LocalStat};
+use shoal_index::Kind;
 use tracing::{debug, warn};
 
 /// A path as found on disk.
@@ -23,55 +21,7 @@ pub struct DiskEntry {
     pub stat: DiskStat,
 }
 
-/// The stat fields shoal records, from `lstat`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiskStat {
-    pub kind: Kind,
-    pub size: u64,
-    pub mode: u32,
-    /// Directories: 0 (a directory's mtime changes with its content; it is not synced).
-    pub mtime_ns: i64,
-    pub local: LocalStat,
-}
-
-impl DiskStat {
-    /// `None` for what shoal does not sync: sockets, FIFOs, devices.
-    pub fn from_metadata(m: &Metadata) -> Option<DiskStat> {
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            Kind::File
-        } else if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else {
-            debug_assert!(
-                ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device()
-            );
-            return None;
-        };
-        let mtime_ns = if kind == Kind::Dir {
-            0
-        } else {
-            m.mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.mtime_nsec())
-        };
-        Some(DiskStat {
-            kind,
-            size: if kind == Kind::Dir { 0 } else { m.size() },
-            mode: m.mode() & 0o7777,
-            mtime_ns,
-            local: LocalStat {
-                inode: m.ino(),
-                ctime_ns: m
-                    .ctime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(m.ctime_nsec()),
-            },
-        })
-    }
-}
+pub use shoal_index::DiskStat;
 
 /// What the walk could not read. Index entries under these are left as they are: a directory that
 /// cannot be read is not a directory whose files were deleted.

@@ -778,7 +778,7 @@ fn unchanged(config: &PullerConfig, need: &Need) -> bool {
         (Some(l), Err(e)) => l.deleted && e.kind() == io::ErrorKind::NotFound,
         (None, Ok(_)) => false,
         (Some(l), Ok(m)) => DiskStat::from_metadata(&m)
-            .is_some_and(|d| shoal_scan::scanner::unchanged(&d, &Stamp::from(l))),
+            .is_some_and(|d| Stamp::from(l).unchanged(&d)),
     }
 }
 
