@@ -29,8 +29,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nfs3_server::nfs3_types::nfs3::{
-    FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK, FSINFO3resok, Nfs3Option, createverf3, fattr3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3,
-    set_atime, set_mtime, specdata3, stable_how, wcc_attr,
+    FSF3_CANSETTIME, FSF3_HOMOGENEOUS, FSF3_SYMLINK, FSINFO3resok, Nfs3Option, createverf3, fattr3,
+    filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime, set_mtime, specdata3,
+    stable_how, wcc_attr,
 };
 use nfs3_server::vfs::{
     DirEntryPlus, FileHandle, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,

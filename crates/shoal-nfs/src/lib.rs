@@ -85,8 +85,7 @@ pub async fn serve(
 ) -> std::io::Result<Server> {
     let fs = ShoalFs::new(exports);
     let generation = generation();
-    let inner =
-        NFSTcpListener::bind_with_generation("127.0.0.1:0", fs.clone(), generation).await?;
+    let inner = NFSTcpListener::bind_with_generation("127.0.0.1:0", fs.clone(), generation).await?;
     let inner_port = inner.get_listen_port();
     let public = tokio::net::TcpListener::from_std(public)?;
     let port = public.local_addr()?.port();

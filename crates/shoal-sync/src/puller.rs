@@ -777,8 +777,9 @@ fn unchanged(config: &PullerConfig, need: &Need) -> bool {
         (None, Err(e)) => e.kind() == io::ErrorKind::NotFound,
         (Some(l), Err(e)) => l.deleted && e.kind() == io::ErrorKind::NotFound,
         (None, Ok(_)) => false,
-        (Some(l), Ok(m)) => DiskStat::from_metadata(&m)
-            .is_some_and(|d| Stamp::from(l).unchanged(&d)),
+        (Some(l), Ok(m)) => {
+            DiskStat::from_metadata(&m).is_some_and(|d| Stamp::from(l).unchanged(&d))
+        }
     }
 }
 
@@ -1948,7 +1949,11 @@ mod tests {
             assert_eq!(holders.len(), 1, "{dir} split across shares: {names:?}");
         }
         assert_eq!(
-            names.iter().flatten().filter(|p| p.starts_with("a/")).collect::<Vec<_>>(),
+            names
+                .iter()
+                .flatten()
+                .filter(|p| p.starts_with("a/"))
+                .collect::<Vec<_>>(),
             [&"a/1", &"a/2", &"a/3"]
         );
         let mut all: Vec<&str> = names.concat();

@@ -436,9 +436,11 @@ fn connections_that_end_any_way_leave_nothing_behind() {
     let _ = reader.stdout.as_mut().unwrap().read(&mut first);
     reader.kill().unwrap();
     reader.wait().unwrap();
-    wait_until(Duration::from_secs(20), "every connection's sockets to close", || {
-        sockets(pid) == idle
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "every connection's sockets to close",
+        || sockets(pid) == idle,
+    );
     // And the server still serves.
     let listed = libnfs_ok("nfs-ls", &[&node.url(NS)]);
     assert!(common::stdout(&listed).contains("big"));
