@@ -1063,6 +1063,7 @@ async fn pull_small(
     fetches: Arc<Semaphore>,
 ) -> (Vec<Ready>, Errors) {
     let mut errors = Errors::default();
+    let started = Instant::now();
     // Copier: what this node already has.
     let wanted: Vec<(Hash, u32, Vec<PeerKey>)> = needs
         .iter()
@@ -1124,6 +1125,7 @@ async fn pull_small(
             (hash, Err(last))
         });
     }
+    let copied = started.elapsed();
     let mut failed: HashMap<Hash, String> = HashMap::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -1142,6 +1144,8 @@ async fn pull_small(
             Err(e) => errors.add("(puller)", e),
         }
     }
+    let fetched = started.elapsed();
+    let files = needs.len();
     // Writers: one thread per core, each with whole directories (creating a file takes its
     // directory's lock, and on ext4 an inode search in the directory's block group).
     let config = config.clone();
@@ -1169,6 +1173,13 @@ async fn pull_small(
         })
     })
     .await;
+    debug!(
+        files,
+        copier = copied.as_secs_f32(),
+        fetcher = (fetched - copied).as_secs_f32(),
+        writers = (started.elapsed() - fetched).as_secs_f32(),
+        "small files ready"
+    );
     match written {
         Ok((ready, e)) => {
             errors.merge(e);
