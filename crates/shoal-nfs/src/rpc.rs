@@ -307,8 +307,8 @@ impl Fast {
     fn serve(self, fs: &ShoalFs, record: &[u8], verifier: [u8; 8]) -> Vec<u8> {
         match self.op {
             Op::Read { count } => read_reply(fs, self.xid, &self.fh, self.offset, count),
-            Op::Write { stable, ref data } => {
-                let data = &record[data.clone()];
+            Op::Write { stable, data } => {
+                let data = &record[data];
                 let res = match fs.write_at(&self.fh, self.offset, data, stable) {
                     Ok((before, after, committed)) => WRITE3res::Ok(WRITE3resok {
                         file_wcc: wcc_data {

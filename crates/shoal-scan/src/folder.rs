@@ -435,18 +435,21 @@ struct Hot {
 impl Hot {
     fn defer(&mut self, path: String, now: Instant) {
         let strikes = self.strikes.entry(path.clone()).or_insert(0);
-        let wait = (RETRY_CHANGING * 2u32.saturating_pow(*strikes)).min(RETRY_CHANGING_MAX);
         *strikes = strikes.saturating_add(1);
+        let wait = Hot::wait(*strikes);
         self.due.insert(path, now + wait);
     }
 
     /// How long `path` last waited (zero if it never did).
     fn last_wait(&self, path: &str) -> Duration {
-        match self.strikes.get(path) {
-            Some(&strikes) if strikes > 0 => {
-                (RETRY_CHANGING * 2u32.saturating_pow(strikes - 1)).min(RETRY_CHANGING_MAX)
-            }
-            _ => Duration::ZERO,
+        Hot::wait(self.strikes.get(path).copied().unwrap_or(0))
+    }
+
+    /// The wait after a file was found changing `strikes` times in a row (none for zero).
+    fn wait(strikes: u32) -> Duration {
+        match strikes {
+            0 => Duration::ZERO,
+            n => (RETRY_CHANGING * 2u32.saturating_pow(n - 1)).min(RETRY_CHANGING_MAX),
         }
     }
 

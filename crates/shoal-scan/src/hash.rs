@@ -54,7 +54,7 @@ pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Resu
             Some(s) if s.kind == Kind::File => s,
             _ => return Ok(Hashed::Vanished),
         };
-        let read = if before.size >= PARALLEL_MIN && threads() > 1 {
+        let read = if before.size >= PARALLEL_MIN && cores() > 1 {
             read_in_parallel(&file, before, progress, stop)
         } else {
             read_in_order(&mut file, before, &mut buf, progress, stop)
@@ -94,8 +94,11 @@ pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Resu
 /// busy for ~0.8 s per GiB while the other idled.
 const PARALLEL_MIN: u64 = 32 << 20;
 
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The cores this process may use, asked once: `available_parallelism` reads the cgroup's CPU
+/// quota from /sys at every call, and it is asked per large file and per group of small files.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Why a read ended early.
@@ -176,7 +179,7 @@ fn read_in_parallel(
             Err(e) => Err(Cut::Io(e)),
         }
     };
-    let chunks = chunk_in_parallel(before.size, threads(), &read)?;
+    let chunks = chunk_in_parallel(before.size, cores(), &read)?;
     Ok((chunks, before.size))
 }
 

@@ -14,6 +14,7 @@ pub mod scanner;
 pub mod walk;
 
 pub use folder::{Folder, FolderOptions, FolderState, FolderStatus, ScanRequests};
+pub use hash::cores;
 pub use progress::{Progress, ProgressSnapshot};
 pub use scanner::{
     IGNORE_FILE, ScanError, ScanReport, Scanner, minimal_roots, release_memory, start_writeback,

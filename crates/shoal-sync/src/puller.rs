@@ -1150,16 +1150,18 @@ async fn pull_small(
     // directory's lock, and on ext4 an inode search in the directory's block group).
     let config = config.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let shares = by_directory(needs, writers());
+        let mut shares = by_directory(needs, writers());
         let (have, failed) = (&have, &failed);
         let config = &config;
+        // The last share is written on this thread: a group of one file (a one-line change)
+        // starts no thread.
+        let here = shares.pop().unwrap_or_default();
         std::thread::scope(|scope| {
             let handles: Vec<_> = shares
                 .into_iter()
                 .map(|share| scope.spawn(move || write_smalls(config, share, have, failed)))
                 .collect();
-            let mut ready = Vec::new();
-            let mut errors = Errors::default();
+            let (mut ready, mut errors) = write_smalls(config, here, have, failed);
             for handle in handles {
                 match handle.join() {
                     Ok((r, e)) => {
@@ -1194,7 +1196,7 @@ async fn pull_small(
 
 /// How many threads write small files: the cores this process may use, at most 4.
 fn writers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    shoal_scan::cores().min(4)
 }
 
 /// `needs` in up to `n` shares of about equal size, each holding whole directories; the order of
