@@ -668,27 +668,6 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk (0: to its end),
-/// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a head start for a later
-/// fsync or syncfs, which then waits for less; durability still comes from those.
-pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
-    #[allow(
-        unsafe_code,
-        reason = "sync_file_range has no safe wrapper in our dependencies"
-    )]
-    // SAFETY: the descriptor is open for as long as `file` is borrowed; no memory is passed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 /// Returns free heap memory to the system. A full scan allocates in proportion to the folder (the
 /// walk's listing, the diff) and glibc keeps freed memory for reuse, so without this a node at rest
 /// would hold its peak; the daemon also calls it periodically after sync bursts.

@@ -49,8 +49,8 @@ use shoal_core::chunk::Hash;
 use shoal_core::ignore::TEMP_PREFIX;
 use shoal_core::resolve::conflict_name;
 use shoal_index::{Entry, Index, Kind, PeerKey, Stamp};
-use shoal_scan::Scanner;
 use shoal_scan::walk::DiskStat;
+use shoal_scan::{Scanner, WriteBehind};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -1442,24 +1442,21 @@ async fn fetch_verified(
 /// Fetched chunks waiting for the file's writer.
 const WRITES_QUEUED: usize = 8;
 
-/// Writes fetched chunks into a temporary as they come, starting their writeback as it goes.
-/// On an error (a full disk), stops at once: the fetchers then stop too.
+/// Writes fetched chunks into a temporary as they come, through a write-behind window (written
+/// out as it goes, then out of the page cache). On an error (a full disk), stops at once: the
+/// fetchers then stop too.
 fn write_fetched(
     file: &File,
     shared: &Shared,
     mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
 ) -> io::Result<()> {
-    let mut unflushed = 0u64;
+    let mut behind = WriteBehind::new();
     while let Some((offset, bytes)) = writes.blocking_recv() {
         file.write_all_at(&bytes, offset)?;
         let n = bytes.len() as u64;
+        behind.wrote(file, offset, offset + n);
         shared.fetched.fetch_add(n, Ordering::Relaxed);
         shared.bytes_done.fetch_add(n, Ordering::Relaxed);
-        unflushed += n;
-        if unflushed >= RUN_MAX {
-            shoal_scan::start_writeback(file, 0, 0);
-            unflushed = 0;
-        }
     }
     Ok(())
 }
@@ -1487,14 +1484,7 @@ fn copy_local(
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(temp)?;
     let have = file.metadata()?.len();
-    let mut copier = Copier {
-        config,
-        file: &file,
-        sources: Sources::default(),
-        run: None,
-        unread: Vec::new(),
-        buf: Vec::new(),
-    };
+    let mut copier = Copier::new(config, &file);
     let mut missing = Vec::new();
     for chunk in chunks {
         let len = u64::from(chunk.len);
@@ -1529,9 +1519,22 @@ struct Copier<'a> {
     /// Chunks copied unread, with the source they came from.
     unread: Vec<(usize, shoal_core::chunk::Chunk)>,
     buf: Vec<u8>,
+    behind: WriteBehind,
 }
 
-impl Copier<'_> {
+impl<'a> Copier<'a> {
+    fn new(config: &'a PullerConfig, file: &'a File) -> Copier<'a> {
+        Copier {
+            config,
+            file,
+            sources: Sources::default(),
+            run: None,
+            unread: Vec::new(),
+            buf: Vec::new(),
+            behind: WriteBehind::new(),
+        }
+    }
+
     /// The temporary already holds `chunk` (an interrupted transfer being resumed).
     fn already_there(&mut self, chunk: &shoal_core::chunk::Chunk) -> bool {
         self.buf.resize(chunk.len as usize, 0);
@@ -1566,6 +1569,8 @@ impl Copier<'_> {
                 && Hash::of(&self.buf) == chunk.hash
             {
                 self.file.write_all_at(&self.buf, chunk.offset)?;
+                self.behind
+                    .wrote(self.file, chunk.offset, chunk.offset + u64::from(chunk.len));
                 return Ok(true);
             }
         }
@@ -1593,10 +1598,11 @@ impl Copier<'_> {
     }
 
     fn copy(&mut self, run: Run) -> io::Result<()> {
-        let source = run.source;
+        let (source, start, end) = (run.source, run.to, run.to + run.len);
         if !run.copy(&self.sources, self.file)? {
             self.sources.list[source].cut_short = true;
         }
+        self.behind.wrote(self.file, start, end);
         Ok(())
     }
 
@@ -1685,9 +1691,6 @@ struct Run {
     len: u64,
 }
 
-/// Copied runs from this size on start their writeback at once: the finisher's `syncfs` then
-/// waits for less.
-const WRITEBACK_FROM: u64 = 8 << 20;
 /// Runs are copied in pieces of about this much, so that the disk writes one while the next is
 /// copied (copying 512 MiB, then writing it out, took ~1.5x as long).
 const RUN_MAX: u64 = 32 << 20;
@@ -1733,9 +1736,6 @@ impl Run {
                 // Anything else may be the source's: what was copied is verified.
                 Err(_) => return Ok(false),
             }
-        }
-        if self.len >= WRITEBACK_FROM {
-            shoal_scan::start_writeback(to, self.to, self.len);
         }
         Ok(true)
     }
@@ -2039,14 +2039,7 @@ mod tests {
                 .truncate(true)
                 .open(root(&config).join("t")),
         );
-        let mut copier = Copier {
-            config: &config,
-            file: &temp,
-            sources: Sources::default(),
-            run: None,
-            unread: Vec::new(),
-            buf: Vec::new(),
-        };
+        let mut copier = Copier::new(&config, &temp);
         for c in &chunks {
             assert!(must(copier.copy_from_local(c)), "chunk at {}", c.offset);
         }
