@@ -1330,7 +1330,7 @@ async fn assemble(
     }
     // Copier: resume and local chunks, off the async threads.
     let started = Instant::now();
-    let (file, missing) = {
+    let (file, missing, behind) = {
         let config = config.clone();
         let shared = shared.clone();
         let into = temp.clone();
@@ -1342,7 +1342,7 @@ async fn assemble(
     };
     debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
     if !missing.is_empty() {
-        fetch_missing(config, shared, &need, &file, missing, fetches).await?;
+        fetch_missing(config, shared, &need, &file, missing, behind, fetches).await?;
         debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "fetcher done");
     }
     let target = need.target.clone();
@@ -1368,6 +1368,7 @@ async fn fetch_missing(
     need: &Need,
     file: &Arc<File>,
     missing: Vec<shoal_core::chunk::Chunk>,
+    behind: WriteBehind,
     fetches: Arc<Semaphore>,
 ) -> Result<(), Failure> {
     if need.sources.is_empty() {
@@ -1377,7 +1378,7 @@ async fn fetch_missing(
     let writer = {
         let file = file.clone();
         let shared = shared.clone();
-        tokio::task::spawn_blocking(move || write_fetched(&file, &shared, writes))
+        tokio::task::spawn_blocking(move || write_fetched(&file, &shared, behind, writes))
     };
     let mut tasks = JoinSet::new();
     for chunk in missing {
@@ -1448,9 +1449,9 @@ const WRITES_QUEUED: usize = 8;
 fn write_fetched(
     file: &File,
     shared: &Shared,
+    mut behind: WriteBehind,
     mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
 ) -> io::Result<()> {
-    let mut behind = WriteBehind::new();
     while let Some((offset, bytes)) = writes.blocking_recv() {
         file.write_all_at(&bytes, offset)?;
         let n = bytes.len() as u64;
@@ -1462,7 +1463,9 @@ fn write_fetched(
 }
 
 /// Opens (or creates) the temporary file and fills it with every chunk already there or
-/// available locally; returns the chunks still missing.
+/// available locally; returns the chunks still missing, and the file's write-behind window (the
+/// fetcher's writes continue it: a window that did not know what the copier wrote would never see
+/// its front move past the first copied range).
 ///
 /// A chunk of a local file whose stat is still the one it was indexed with is copied in the
 /// kernel (`copy_file_range`, runs of neighbouring chunks in one call) without being read here:
@@ -1474,7 +1477,7 @@ fn copy_local(
     shared: &Shared,
     temp: &Path,
     chunks: Vec<shoal_core::chunk::Chunk>,
-) -> io::Result<(Arc<File>, Vec<shoal_core::chunk::Chunk>)> {
+) -> io::Result<(Arc<File>, Vec<shoal_core::chunk::Chunk>, WriteBehind)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1489,6 +1492,7 @@ fn copy_local(
     for chunk in chunks {
         let len = u64::from(chunk.len);
         if chunk.offset + len <= have && copier.already_there(&chunk) {
+            copier.behind.wrote(&file, chunk.offset, chunk.offset + len);
             shared.bytes_done.fetch_add(len, Ordering::Relaxed);
         } else if copier.copy_from_local(&chunk)? {
             shared.copied.fetch_add(len, Ordering::Relaxed);
@@ -1497,7 +1501,8 @@ fn copy_local(
             missing.push(chunk);
         }
     }
-    for chunk in copier.finish()? {
+    let (failed, behind) = copier.finish()?;
+    for chunk in failed {
         shared
             .copied
             .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
@@ -1506,7 +1511,7 @@ fn copy_local(
             .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
         missing.push(chunk);
     }
-    Ok((Arc::new(file), missing))
+    Ok((Arc::new(file), missing, behind))
 }
 
 /// Fills one temporary from local files.
@@ -1607,8 +1612,8 @@ impl<'a> Copier<'a> {
     }
 
     /// Copies what is still waiting, then reads back and verifies every chunk copied unread from
-    /// a source whose stat moved meanwhile; returns those that do not verify.
-    fn finish(mut self) -> io::Result<Vec<shoal_core::chunk::Chunk>> {
+    /// a source whose stat moved meanwhile; returns those that do not verify, and the window.
+    fn finish(mut self) -> io::Result<(Vec<shoal_core::chunk::Chunk>, WriteBehind)> {
         if let Some(r) = self.run.take() {
             self.copy(r)?;
         }
@@ -1624,7 +1629,7 @@ impl<'a> Copier<'a> {
                 failed.push(chunk);
             }
         }
-        Ok(failed)
+        Ok((failed, self.behind))
     }
 }
 
@@ -1998,7 +2003,7 @@ mod tests {
         let (_tmp, config) = namespace(&[("big", &old)]);
         let shared = Shared::default();
         let temp = root(&config).join("t1");
-        let (file, missing) = must(copy_local(&config, &shared, &temp, chunks.clone()));
+        let (file, missing, _) = must(copy_local(&config, &shared, &temp, chunks.clone()));
         drop(file);
         let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
         assert_eq!(missing_bytes, fresh);
@@ -2016,7 +2021,7 @@ mod tests {
         edited[1 << 20..(1 << 20) + 10].fill(7);
         must(fs::write(root(&config).join("big"), &edited));
         let temp = root(&config).join("t2");
-        let (file, missing2) = must(copy_local(&config, &shared, &temp, chunks.clone()));
+        let (file, missing2, _) = must(copy_local(&config, &shared, &temp, chunks.clone()));
         drop(file);
         assert!(missing2.len() > missing.len());
         let got = must(fs::read(&temp));
@@ -2050,7 +2055,7 @@ mod tests {
                 .open(root(&config).join("big")),
         );
         must(big.set_len(20 << 20));
-        let failed = must(copier.finish());
+        let (failed, _) = must(copier.finish());
         assert!(!failed.is_empty());
         let got = must(fs::read(root(&config).join("t")));
         for c in chunks.iter().filter(|c| !failed.contains(c)) {
