@@ -127,6 +127,96 @@ fn chunking_in_parallel_gives_the_same_chunks_as_in_order() {
     assert_eq!(in_parallel(&[1, 2, 3], 4), chunk_bytes(&[1, 2, 3]));
 }
 
+fn rechunked(old: &[u8], new: &[u8], threads: usize) -> Vec<Chunk> {
+    rechunked_rolling(old, new, threads).0
+}
+
+/// The chunks, and the bytes that went through the gear hash.
+fn rechunked_rolling(old: &[u8], new: &[u8], threads: usize) -> (Vec<Chunk>, u64) {
+    let read = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
+        let at = at as usize;
+        buf.copy_from_slice(&new[at..at + buf.len()]);
+        Ok(())
+    };
+    rechunk_counted(&chunk_bytes(old), new.len() as u64, threads, &read).unwrap()
+}
+
+#[test]
+fn rechunking_after_a_change_gives_the_same_chunks_as_chunking_anew() {
+    let old = noise(12 << 20, 21);
+    let edits: Vec<(&str, Vec<u8>)> = vec![
+        ("unchanged", old.clone()),
+        ("1 MiB overwritten in the middle", {
+            let mut d = old.clone();
+            d[5 << 20..6 << 20].copy_from_slice(&noise(1 << 20, 22));
+            d
+        }),
+        ("one byte changed in the first and in the last chunk", {
+            let mut d = old.clone();
+            d[10] ^= 1;
+            let n = d.len();
+            d[n - 10] ^= 1;
+            d
+        }),
+        ("bytes inserted in the middle (the rest shifted)", {
+            let mut d = old[..7 << 20].to_vec();
+            d.extend_from_slice(&noise(333, 23));
+            d.extend_from_slice(&old[7 << 20..]);
+            d
+        }),
+        ("bytes deleted in the middle", {
+            let mut d = old[..8 << 20].to_vec();
+            d.extend_from_slice(&old[(8 << 20) + 100_000..]);
+            d
+        }),
+        ("appended to", {
+            let mut d = old.clone();
+            d.extend_from_slice(&noise(50_000, 24));
+            d
+        }),
+        ("truncated", old[..(9 << 20) + 4321].to_vec()),
+        ("one byte inserted at the start", {
+            let mut d = vec![1u8];
+            d.extend_from_slice(&old);
+            d
+        }),
+        ("rewritten", noise(12 << 20, 25)),
+        ("emptied", Vec::new()),
+        ("zeros in the middle (no cut point)", {
+            let mut d = old.clone();
+            d[4 << 20..8 << 20].fill(0);
+            d
+        }),
+    ];
+    for (what, new) in &edits {
+        let want = chunk_bytes(new);
+        for threads in [1, 2, 5] {
+            assert_eq!(
+                rechunked(&old, new, threads),
+                want,
+                "{what}, {threads} threads"
+            );
+        }
+    }
+    // The point: only around a change does the gear hash run (1 MiB read per roll).
+    let rolled = |i: usize| rechunked_rolling(&old, &edits[i].1, 2).1;
+    assert_eq!(rolled(0), 0, "{}", edits[0].0);
+    for i in [1, 2, 3, 4, 5, 6] {
+        assert!(
+            rolled(i) <= 4 << 20,
+            "{}: {} bytes rolled",
+            edits[i].0,
+            rolled(i)
+        );
+    }
+    // Mostly unlike the old chunks where they were: chunked anew, on every thread.
+    assert_eq!(rolled(7), (12 << 20) + 1, "{}", edits[7].0);
+    assert_eq!(rolled(8), 12 << 20, "{}", edits[8].0);
+    // From an empty or a tiny old file.
+    assert_eq!(rechunked(&[], &old, 2), chunk_bytes(&old));
+    assert_eq!(rechunked(&[7; 10], &old, 2), chunk_bytes(&old));
+}
+
 #[test]
 fn a_read_error_in_any_segment_is_returned() {
     let data = noise(8 << 20, 5);
@@ -204,6 +294,31 @@ proptest! {
         }
         h.update(rest);
         prop_assert_eq!(h.finish(), whole);
+    }
+
+    /// Any edit of any file: rechunking from the old chunks is chunking anew.
+    #[test]
+    fn rechunking_equals_chunking(seed in any::<u64>(), len in 0usize..4_000_000, edits in prop::collection::vec((0usize..4_000_000, 0usize..300_000, 0usize..3), 0..4)) {
+        let old = noise(len, seed);
+        let mut new = old.clone();
+        for (i, (at, n, kind)) in edits.into_iter().enumerate() {
+            let at = at.min(new.len());
+            let fresh = noise(n, seed ^ (i as u64 + 1));
+            match kind {
+                0 => {
+                    let end = (at + n).min(new.len());
+                    new[at..end].copy_from_slice(&fresh[..end - at]);
+                }
+                1 => {
+                    new.splice(at..at, fresh);
+                }
+                _ => {
+                    let end = (at + n).min(new.len());
+                    new.drain(at..end);
+                }
+            }
+        }
+        prop_assert_eq!(rechunked(&old, &new, 3), chunk_bytes(&new));
     }
 
     /// Custom sizes are made sensible and respected.

@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use shoal_core::chunk::{ChunkHasher, Hash, chunk_in_parallel, file_hash};
+use shoal_core::chunk::{Chunk, ChunkHasher, Hash, chunk_in_parallel, file_hash, rechunk};
 use shoal_index::{ChunkRef, Kind};
 
 use crate::progress::Progress;
@@ -38,7 +38,15 @@ pub enum Hashed {
     Stopped,
 }
 
-pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Result<Hashed> {
+/// Hashes the file at `abs`. `previous`: its chunks as last indexed, if it is large enough for
+/// them to be worth checking first (see [`rechunk`]; the scanner passes them from
+/// [`PARALLEL_MIN`] on).
+pub fn hash_file(
+    abs: &Path,
+    previous: Option<&[Chunk]>,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> io::Result<Hashed> {
     let mut buf = Vec::new();
     for _ in 0..ATTEMPTS {
         let mut file = match File::options()
@@ -55,7 +63,7 @@ pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Resu
             _ => return Ok(Hashed::Vanished),
         };
         let read = if before.size >= PARALLEL_MIN && cores() > 1 {
-            read_in_parallel(&file, before, progress, stop)
+            read_in_parallel(&file, before, previous, progress, stop)
         } else {
             read_in_order(&mut file, before, &mut buf, progress, stop)
         };
@@ -91,8 +99,9 @@ pub fn hash_file(abs: &Path, progress: &Progress, stop: &AtomicBool) -> io::Resu
 }
 
 /// Files from this size on are chunked on every core: a single large file otherwise kept one core
-/// busy for ~0.8 s per GiB while the other idled.
-const PARALLEL_MIN: u64 = 32 << 20;
+/// busy for ~0.8 s per GiB while the other idled. From this size on too, a changed file's
+/// previous chunks are checked before its bytes are chunked anew.
+pub const PARALLEL_MIN: u64 = 32 << 20;
 
 /// The cores this process may use, asked once: `available_parallelism` reads the cgroup's CPU
 /// quota from /sys at every call, and it is asked per large file and per group of small files.
@@ -160,10 +169,12 @@ fn read_in_order(
     Ok((hasher.finish(), total))
 }
 
-/// Reads a large file on every core ([`chunk_in_parallel`]): the same chunks as in order.
+/// Reads a large file on every core ([`chunk_in_parallel`], or [`rechunk`] from its previous
+/// chunks): the same chunks as in order.
 fn read_in_parallel(
     file: &File,
     before: DiskStat,
+    previous: Option<&[Chunk]>,
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<(Vec<shoal_core::chunk::Chunk>, u64), Cut> {
@@ -179,7 +190,10 @@ fn read_in_parallel(
             Err(e) => Err(Cut::Io(e)),
         }
     };
-    let chunks = chunk_in_parallel(before.size, cores(), &read)?;
+    let chunks = match previous {
+        Some(old) if !old.is_empty() => rechunk(old, before.size, cores(), &read)?,
+        _ => chunk_in_parallel(before.size, cores(), &read)?,
+    };
     Ok((chunks, before.size))
 }
 

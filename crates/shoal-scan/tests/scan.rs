@@ -305,13 +305,14 @@ fn a_missing_root_is_an_error_not_a_mass_deletion() {
     assert!(ns.get("a").unwrap().is_live());
 }
 
-/// Files from 32 MiB on are chunked on every core at once: the chunks must be those of reading
-/// them in order, before and after an edit in the middle.
+/// Files from 32 MiB on are chunked on every core at once, and once indexed, re-chunked from
+/// their previous chunks: the chunks must be those of reading them in order, before and after an
+/// edit in the middle, and after bytes inserted (what follows shifted).
 #[test]
 fn a_large_file_hashed_on_every_core_gets_the_chunks_of_reading_it_in_order() {
     let ns = Ns::new();
     let mut data = shoal_core::testing::noise(48 << 20, 31);
-    for _ in 0..2 {
+    for round in 0..3 {
         ns.write("large.bin", &data);
         ns.scan();
         let e = ns.get("large.bin").unwrap();
@@ -324,7 +325,12 @@ fn a_large_file_hashed_on_every_core_gets_the_chunks_of_reading_it_in_order() {
                 .all(|(a, b)| a.hash == b.hash && a.len == b.len)
         );
         assert_eq!(e.hash, file_hash(&want));
-        data[20 << 20..21 << 20].fill(3);
+        if round == 0 {
+            data[20 << 20..21 << 20].fill(3);
+        } else {
+            let at = 30 << 20;
+            data.splice(at..at, shoal_core::testing::noise(4321, 32));
+        }
     }
 }
 
