@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use shoal_core::chunk::{Chunk, ChunkHasher, Hash, chunk_in_parallel, file_hash, rechunk};
 use shoal_index::{ChunkRef, Kind};
@@ -178,11 +178,20 @@ fn read_in_parallel(
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<(Vec<shoal_core::chunk::Chunk>, u64), Cut> {
+    // Bytes read more than once (stitches between segments; old chunks checked, then chunked
+    // anew) count once: progress never passes the file's size.
+    let counted = AtomicU64::new(0);
     let read = |at: u64, buf: &mut [u8]| -> Result<(), Cut> {
         still(file, before, stop)?;
         match file.read_exact_at(buf, at) {
             Ok(()) => {
-                progress.add_bytes(buf.len() as u64);
+                let n = buf.len() as u64;
+                let was = counted
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                        Some((c + n).min(before.size))
+                    })
+                    .unwrap_or(before.size);
+                progress.add_bytes((was + n).min(before.size) - was);
                 Ok(())
             }
             // Shorter than it was when stat'ed: it is being changed.
