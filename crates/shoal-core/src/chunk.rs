@@ -285,25 +285,10 @@ pub fn chunk_in_parallel<E: Send>(
         .map(|i| ((i * step).min(len), ((i + 1) * step).min(len)))
         .filter(|(a, b)| a < b)
         .collect();
-    let Some(&first) = bounds.first() else {
+    if bounds.is_empty() {
         return Ok(Vec::new());
-    };
-    let pieces = std::thread::scope(|scope| {
-        let others: Vec<_> = bounds[1..]
-            .iter()
-            .map(|&(a, b)| scope.spawn(move || chunk_range(a, b, read_exact_at)))
-            .collect();
-        let mut pieces = vec![chunk_range(first.0, first.1, read_exact_at)];
-        for handle in others {
-            // A thread can only end by returning: chunking and hashing do not panic.
-            pieces.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            );
-        }
-        pieces
-    });
+    }
+    let pieces = on_threads(&bounds, |&(a, b)| chunk_range(a, b, read_exact_at));
     let mut pieces = pieces.into_iter().collect::<Result<Vec<_>, E>>()?;
     // Every segment's last chunk ends where the segment was cut, not where the content says.
     // Cuts of every segment but the first (their last chunks' ends excepted): offset ->
@@ -522,20 +507,8 @@ fn unchanged_in_place<E: Send>(
             })
             .collect()
     };
-    let parts = std::thread::scope(|scope| {
-        let mut parts = fits.chunks(per);
-        let first = parts.next().unwrap_or(&[]);
-        let others: Vec<_> = parts.map(|js| scope.spawn(move || check(js))).collect();
-        let mut done = vec![check(first)];
-        for handle in others {
-            done.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            );
-        }
-        done
-    });
+    let parts: Vec<&[usize]> = fits.chunks(per).collect();
+    let parts = on_threads(&parts, |js| check(js));
     let mut same = vec![false; old.len()];
     for part in parts {
         for (j, s) in part? {
@@ -543,6 +516,29 @@ fn unchanged_in_place<E: Send>(
         }
     }
     Ok(same)
+}
+
+/// `work` on each of `parts` at once, the first on the calling thread, each other on a thread of
+/// its own; the results in the order of `parts`.
+fn on_threads<P: Sync, R: Send>(parts: &[P], work: impl Fn(&P) -> R + Sync) -> Vec<R> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = parts
+            .iter()
+            .skip(1)
+            .map(|p| scope.spawn(move || work(p)))
+            .collect();
+        let mut done: Vec<R> = parts.first().map(work).into_iter().collect();
+        for handle in others {
+            // A thread can only end by returning: chunking and hashing do not panic.
+            done.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+        }
+        done
+    })
 }
 
 /// Whole-buffer convenience: the same chunks as [`ChunkHasher`] fed the same bytes.

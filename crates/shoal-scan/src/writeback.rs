@@ -8,10 +8,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 
 /// Writeback is started per this much written.
-pub const STEP: u64 = 8 << 20;
+const STEP: u64 = 8 << 20;
 /// Written data stays in the page cache this far behind the writer, then it is waited for and
 /// dropped.
-pub const BEHIND: u64 = 64 << 20;
+const BEHIND: u64 = 64 << 20;
 
 /// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk (0: to its end),
 /// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a head start for a later
