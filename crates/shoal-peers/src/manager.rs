@@ -288,6 +288,8 @@ impl Peers {
 
 struct ShareState {
     share: Share,
+    /// `share.root`, shared with the requests that read from it.
+    root: Arc<std::path::Path>,
     /// Sessions (by id) whose peer proved it holds this share.
     members: HashSet<u64>,
     /// Peers that were members and are gone, shown as disconnected with when they were last seen.
@@ -331,8 +333,8 @@ struct SessionState {
     last_seen: Instant,
     shares: HashMap<ShareId, Member>,
     reader: JoinHandle<()>,
-    /// Answers to this peer under way (see [`chunks::MAX_SERVING_PER_PEER`]).
-    serving: Arc<tokio::sync::Semaphore>,
+    /// Answers this peer's chunk requests.
+    server: chunks::Server,
 }
 
 struct Candidate {
@@ -479,43 +481,16 @@ impl Manager {
         );
     }
 
-    /// Answers a chunk request from a member, off the actor: the read may take a while.
+    /// Queues a chunk request from a member with the session's server (see [`chunks::Server`]).
     fn serve_chunk(&self, session: u64, share: ShareId, hash: Hash, id: u64) {
         let (Some(s), Some(state)) = (self.sessions.get(&session), self.shares.get(&share)) else {
             return;
         };
-        let conn = s.conn.clone();
-        let root = state.share.root.clone();
-        let index = state.share.index.clone();
-        let reading = self.serving.clone();
-        let answering = s.serving.clone();
-        let upload = self.limits.upload.clone();
-        tokio::spawn(async move {
-            // This peer's slot is held until the answer is queued; a node-wide one only for the
-            // read, so that a peer whose link stopped draining holds none of the others'.
-            let Ok(_answering) = answering.acquire_owned().await else {
-                return;
-            };
-            let Ok(read_permit) = reading.acquire_owned().await else {
-                return;
-            };
-            // Read straight into the answer's frame (no copy of the chunk to encode it).
-            let read = tokio::task::spawn_blocking(move || {
-                index.read_chunk_after(&root, &hash, |len| {
-                    shoal_net::frame::chunk_data_frame_head(id, len)
-                })
-            })
-            .await;
-            drop(read_permit);
-            match read {
-                Ok(Some(frame)) => {
-                    upload.take(frame.len() as u64).await;
-                    let _ = conn.send_bulk_frame(frame).await;
-                }
-                _ => {
-                    let _ = conn.send(&Message::ChunkUnavailable { id }).await;
-                }
-            }
+        s.server.request(chunks::Request {
+            id,
+            hash,
+            root: state.root.clone(),
+            index: state.share.index.clone(),
         });
     }
 
@@ -665,6 +640,7 @@ impl Manager {
         self.shares.insert(
             id,
             ShareState {
+                root: share.root.as_path().into(),
                 share,
                 members: HashSet::new(),
                 former: HashMap::new(),
@@ -763,6 +739,11 @@ impl Manager {
             (hello.listen_port != 0).then(|| SocketAddr::new(addr.ip(), hello.listen_port));
         info!(peer = %peer.short(), device = %hello.device_name, %addr, outgoing, "peer connected");
         let conn = Arc::new(conn);
+        let server = chunks::Server::start(
+            conn.clone(),
+            self.serving.clone(),
+            self.limits.upload.clone(),
+        );
         for state in self.shares.values() {
             let _ = conn
                 .send(&join.request(&state.share.secret.read_only()))
@@ -784,7 +765,7 @@ impl Manager {
                 last_seen: Instant::now(),
                 shares: HashMap::new(),
                 reader,
-                serving: Arc::new(tokio::sync::Semaphore::new(chunks::MAX_SERVING_PER_PEER)),
+                server,
             },
         );
     }
