@@ -273,6 +273,10 @@ fn hex_round_trips() {
     let h = Hash::of(b"abc");
     assert_eq!(Hash::from_hex(&h.to_hex()), Some(h));
     assert_eq!(h.to_string(), h.to_hex());
+    let counting: [u8; 32] = std::array::from_fn(|i| (i * 8) as u8);
+    let want: String = (0..32).map(|i| format!("{:02x}", i * 8)).collect();
+    assert_eq!(Hash(counting).to_hex(), want);
+    assert_eq!(Hash([0xab; 32]).to_hex(), "ab".repeat(32));
     assert_eq!(Hash::from_hex("zz"), None);
     assert_eq!(Hash::from_hex(&"0".repeat(63)), None);
 }

@@ -414,8 +414,15 @@ fn watch_limit_message() -> String {
 }
 
 fn relative(root: &Path, p: &Path) -> Option<String> {
-    let rel = p.strip_prefix(root).ok()?;
-    let rel = rel.to_str()?;
+    use std::os::unix::ffi::OsStrExt;
+    // Events name `root` joined with the path: compared as bytes first (`Path::strip_prefix`
+    // walks components, a notable cost per event when a peer writes thousands of files).
+    let (r, b) = (root.as_os_str().as_bytes(), p.as_os_str().as_bytes());
+    let r = r.strip_suffix(b"/").unwrap_or(r);
+    let rel = match b.strip_prefix(r) {
+        Some(rest) if rest.is_empty() || rest[0] == b'/' => std::str::from_utf8(rest).ok()?,
+        _ => p.strip_prefix(root).ok()?.to_str()?,
+    };
     Some(rel.trim_matches('/').to_owned())
 }
 
@@ -493,6 +500,30 @@ fn file_name(rel: &str) -> &str {
 #[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_path_is_made_relative_to_the_root_by_whole_components() {
+        let root = Path::new("/data/ns");
+        let rel = |p: &str| relative(root, Path::new(p));
+        assert_eq!(rel("/data/ns/a/b.txt").as_deref(), Some("a/b.txt"));
+        assert_eq!(rel("/data/ns").as_deref(), Some(""));
+        assert_eq!(rel("/data/ns/").as_deref(), Some(""));
+        assert_eq!(
+            rel("/data/nsx/a"),
+            None,
+            "a sibling sharing the prefix is outside"
+        );
+        assert_eq!(rel("/data/other/a"), None);
+        assert_eq!(
+            rel("/data//ns/a").as_deref(),
+            Some("a"),
+            "odd forms go by components"
+        );
+        assert_eq!(
+            relative(Path::new("/data/ns/"), Path::new("/data/ns/a")).as_deref(),
+            Some("a")
+        );
+    }
 
     #[test]
     fn a_file_found_changing_waits_longer_each_time_and_afresh_once_read() {

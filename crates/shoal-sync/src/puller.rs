@@ -1235,12 +1235,14 @@ fn write_smalls(
 ) -> (Vec<Ready>, Errors) {
     let mut ready = Vec::new();
     let mut errors = Errors::default();
+    // Directories seen to exist: a share holds whole directories, each looked at once.
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
     for need in needs {
         if let Some(why) = need.target.chunks.iter().find_map(|c| failed.get(&c.hash)) {
             errors.add(&need.path, why);
             continue;
         }
-        match write_small(config, &need, have) {
+        match write_small(config, &need, have, &mut dirs) {
             Ok(temp) => ready.push(Ready { need, temp }),
             Err(e) => errors.io(&need.path, &e, need.target.size),
         }
@@ -1252,13 +1254,17 @@ fn write_small(
     config: &PullerConfig,
     need: &Need,
     have: &HashMap<Hash, Vec<u8>>,
+    dirs: &mut HashSet<PathBuf>,
 ) -> io::Result<PathBuf> {
     let path = abs(root(config), &need.path);
     let temp = temp_path(&path, &need.target.hash);
     if let Some(parent) = path.parent()
-        && !parent.is_dir()
+        && !dirs.contains(parent)
     {
-        fs::create_dir_all(parent)?;
+        if !parent.is_dir() {
+            fs::create_dir_all(parent)?;
+        }
+        dirs.insert(parent.to_path_buf());
     }
     if need.target.kind == Kind::Symlink {
         let link = need.target.target.as_deref().unwrap_or_default();
@@ -1285,6 +1291,11 @@ fn write_small(
             io::Write::write_all(&mut file, bytes)?;
         }
         file.set_permissions(fs::Permissions::from_mode(need.target.mode))?;
+        // Through the open file: no second walk of the path.
+        let (secs, nanos) = split_ns(need.target.mtime_ns);
+        nix::sys::stat::futimens(&file, &TimeSpec::UTIME_OMIT, &TimeSpec::new(secs, nanos))
+            .map_err(io::Error::from)?;
+        return Ok(temp);
     }
     set_mtime(&temp, need.target.mtime_ns)?;
     Ok(temp)
@@ -1746,9 +1757,13 @@ impl Run {
     }
 }
 
+/// Nanoseconds since the epoch as whole seconds and the nanoseconds past them (also before 1970).
+fn split_ns(ns: i64) -> (i64, i64) {
+    (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
 fn set_mtime(path: &Path, mtime_ns: i64) -> io::Result<()> {
-    let secs = mtime_ns.div_euclid(1_000_000_000);
-    let nanos = mtime_ns.rem_euclid(1_000_000_000);
+    let (secs, nanos) = split_ns(mtime_ns);
     let mtime = TimeSpec::new(secs, nanos);
     utimensat(
         nix::fcntl::AT_FDCWD,
