@@ -8,6 +8,8 @@ tool by tool inside each run so that both see the same machine state, and prints
 medians with the ratio Syncthing / shoal (higher is better for shoal). rsync and cp figures come
 from the same runs (local copies of the same data: the floor for any sync tool).
 Needs: a release build (cargo build --release), `apt-get install syncthing rsync`.
+On a VM whose root ext4 has no journal, run on a journaled scratch file system (see
+bench/scratch-fs.sh and BENCHMARKS.md): `bench/scratch-fs.sh` then `--workdir /mnt/shoal-bench/cmp`.
 """
 import argparse, json, os, statistics, subprocess, sys
 
