@@ -27,6 +27,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// waiting to be sent, a peer that stops reading (frozen, or gone without a TCP reset) holds about
 /// a dozen batches' bytes, and no node-wide read slot.
 const READS_PER_PEER: usize = 8;
+/// Requests taken off a peer's queue to be formed into batches.
+const WAITING_MAX: usize = BATCH_REQUESTS * READS_PER_PEER;
 /// Batches read and waiting for the link.
 const ANSWERS_QUEUED: usize = 4;
 
@@ -128,10 +130,12 @@ async fn read_batches(
             return;
         }
         tokio::select! {
-            r = requests.recv(), if open => match r {
+            // Taken off the queue only while the reads keep up: a peer that asks faster than
+            // this node reads fills its own queue, and then is told "unavailable".
+            r = requests.recv(), if open && waiting.len() < WAITING_MAX => match r {
                 Some(r) => {
                     waiting.push_back(r);
-                    while waiting.len() < BATCH_REQUESTS * READS_PER_PEER {
+                    while waiting.len() < WAITING_MAX {
                         match requests.try_recv() {
                             Ok(r) => waiting.push_back(r),
                             Err(_) => break,
