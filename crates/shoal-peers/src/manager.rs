@@ -62,8 +62,9 @@ pub struct PeersConfig {
 #[derive(Clone, Debug)]
 pub struct Share {
     pub name: String,
-    /// The namespace's directory, where chunks asked for by peers are read.
-    pub root: std::path::PathBuf,
+    /// The namespace's directory, where chunks asked for by peers are read (shared with each
+    /// request).
+    pub root: Arc<std::path::Path>,
     pub secret: Secret,
     pub index: Arc<Index>,
     /// This namespace's own `known_hosts`.
@@ -288,8 +289,6 @@ impl Peers {
 
 struct ShareState {
     share: Share,
-    /// `share.root`, shared with the requests that read from it.
-    root: Arc<std::path::Path>,
     /// Sessions (by id) whose peer proved it holds this share.
     members: HashSet<u64>,
     /// Peers that were members and are gone, shown as disconnected with when they were last seen.
@@ -489,7 +488,7 @@ impl Manager {
         s.server.request(chunks::Request {
             id,
             hash,
-            root: state.root.clone(),
+            root: state.share.root.clone(),
             index: state.share.index.clone(),
         });
     }
@@ -640,7 +639,6 @@ impl Manager {
         self.shares.insert(
             id,
             ShareState {
-                root: share.root.as_path().into(),
                 share,
                 members: HashSet::new(),
                 former: HashMap::new(),

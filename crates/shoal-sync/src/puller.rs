@@ -1275,6 +1275,7 @@ fn write_small(
             fs::remove_file(&temp)?;
             symlink(link, &temp)?;
         }
+        set_mtime(&temp, need.target.mtime_ns)?;
     } else {
         // A leftover from an interrupted attempt is simply rewritten.
         let mut file = OpenOptions::new()
@@ -1295,9 +1296,7 @@ fn write_small(
         let (secs, nanos) = split_ns(need.target.mtime_ns);
         nix::sys::stat::futimens(&file, &TimeSpec::UTIME_OMIT, &TimeSpec::new(secs, nanos))
             .map_err(io::Error::from)?;
-        return Ok(temp);
     }
-    set_mtime(&temp, need.target.mtime_ns)?;
     Ok(temp)
 }
 

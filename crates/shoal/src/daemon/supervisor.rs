@@ -266,7 +266,7 @@ impl Supervisor {
                 self.peers
                     .add_share(shoal_peers::Share {
                         name: name.to_string(),
-                        root: running.scanner().root().to_path_buf(),
+                        root: running.scanner().root().into(),
                         secret: folder.secret.clone(),
                         index: running.scanner().index().clone(),
                         known_hosts: folder.known_hosts().to_vec(),
