@@ -5,10 +5,13 @@ namespace, on the same workloads as ../shared/bench/anchors/syncthing/stbench.py
 Usage: bench/sync.py [--workdir DIR] [--nodes N] [--bin PATH] WORKLOAD...
 Workloads: big (1 GiB file), small (10,000 x 4 KiB in 100 dirs), latency (20 one-line appends),
 delta (1 MiB overwritten in the middle of the 1 GiB file; then 1 byte inserted at its start),
-fanout (1 GiB to 3 peers), rss (after 10,000 files). One JSON line per result, as stbench.py prints.
+fanout (1 GiB to 3 peers), rss (after 10,000 files). One JSON line per result, as stbench.py prints;
+shoal's lines also give each node's CPU seconds during the timed sync (cpu_s, node 1 first) and
+the whole machine's (busy_s: every process and kernel thread; at most cores x seconds), and what
+each node sent its peers (sent_mb).
 Everything stays on loopback; no discovery beyond the seed address.
 """
-import argparse, hashlib, json, os, random, shutil, subprocess, tempfile, time
+import argparse, hashlib, json, os, random, shutil, signal, subprocess, tempfile, time
 
 GiB = 1 << 30
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,8 +30,8 @@ def wait(pred, timeout, step=0.02):
 
 
 class Node:
-    def __init__(self, binary, root, i, seed):
-        self.i, self.bin = i, binary
+    def __init__(self, binary, root, i, seed, upload_limit=0):
+        self.i, self.bin, self.upload_limit = i, binary, upload_limit
         self.base = os.path.join(root, f"shoal{i}")
         self.data = os.path.join(self.base, "data")
         os.makedirs(self.data, exist_ok=True)
@@ -54,7 +57,7 @@ class Node:
         return json.loads(self.ctl("status", "--json"))
 
     def start(self, secret):
-        self.ctl("init", "--name", f"bench{self.i}")
+        self.ctl("init", "--name", f"bench{self.i}", "--upload-limit", str(self.upload_limit))
         self.ctl("add", "--secret", secret, "bench")
         self.log = open(os.path.join(self.base, "log"), "w")
         self.proc = subprocess.Popen([self.bin, "daemon"], env=self.env, stdout=subprocess.DEVNULL,
@@ -83,24 +86,30 @@ class Node:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
 
+    def cpu_s(self):
+        """CPU seconds (user + system) the daemon has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def bytes_sent(self):
         return sum(p.get("bytes_sent", 0) for p in self.ns()["peers"])
 
 
 class Cluster:
-    def __init__(self, binary, root, n):
-        self.root, self.n, self.bin = root, n, binary
+    def __init__(self, binary, root, n, upload_limit=0):
+        self.root, self.n, self.bin, self.upload_limit = root, n, binary, upload_limit
         self.secret = subprocess.run([binary, "secret"], check=True, capture_output=True,
                                      text=True).stdout.strip()
         self.nodes = []
 
     def __enter__(self):
-        first = Node(self.bin, self.root, 1, None)
+        first = Node(self.bin, self.root, 1, None, self.upload_limit)
         first.start(self.secret)
         self.nodes.append(first)
         seed = first.status()["listen"]
         for i in range(2, self.n + 1):
-            nd = Node(self.bin, self.root, i, seed)
+            nd = Node(self.bin, self.root, i, seed, self.upload_limit)
             nd.start(self.secret)
             self.nodes.append(nd)
         for nd in self.nodes:
@@ -112,8 +121,18 @@ class Cluster:
         for nd in self.nodes:
             nd.stop()
 
+    def cpu(self):
+        return [nd.cpu_s() for nd in self.nodes] + [machine_busy_s()]
+
     def wire_bytes(self):
         return sum(nd.bytes_sent() for nd in self.nodes)
+
+
+def machine_busy_s():
+    """CPU seconds the whole machine has been busy (every process and kernel thread) since boot."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:]]
+    return (sum(t[:8]) - t[3] - t[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_digest(d):
@@ -157,6 +176,16 @@ def emit(**kw):
 def timed_sync(cl, src, name, files):
     """Move prepared data into node 1's folder; time until every other node has it all, verified."""
     n1 = cl.nodes[0]
+    perf = None
+    if os.environ.get("BENCH_PERF"):
+        # A profile of the whole machine during the timed sync: BENCH_PERF=FILE (perf.data);
+        # BENCH_PERF_ARGS adds perf record options (default: -F 999 -g).
+        perf = subprocess.Popen(["perf", "record", "-a", "-o", os.environ["BENCH_PERF"],
+                                 *os.environ.get("BENCH_PERF_ARGS", "-F 999 -g").split()],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    s0 = [nd.bytes_sent() for nd in cl.nodes]
+    c0 = cl.cpu()
     t0 = time.time()
     os.rename(src, os.path.join(n1.folder, name))
     want_files = files
@@ -168,6 +197,11 @@ def timed_sync(cl, src, name, files):
     for nd in cl.nodes[1:]:
         assert wait(lambda: done(nd), 1800, 0.01), f"node {nd.i} never synced"
     dt = time.time() - t0
+    *cl.last_cpu, cl.last_busy = [round(b - a, 2) for a, b in zip(c0, cl.cpu())]
+    cl.last_sent = [round((nd.bytes_sent() - b) / 1e6) for nd, b in zip(cl.nodes, s0)]
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
     want = tree_digest(n1.folder)
     for nd in cl.nodes[1:]:
         assert tree_digest(nd.folder) == want, f"node {nd.i} differs"
@@ -208,6 +242,9 @@ def main():
     ap.add_argument("--workdir")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/shoal"))
+    ap.add_argument("--upload-limit", type=int, default=0, metavar="KBPS",
+                    help="every node's upload_limit in kB/s (0: none): each node as if behind its own "
+                         "link, where fanout shows whether receivers pass chunks on to each other")
     ap.add_argument("--keep", action="store_true",
                     help="keep each run's nodes (folders, state, logs) under --workdir")
     ap.add_argument("workloads", nargs="+")
@@ -223,7 +260,7 @@ def main():
             f = os.path.join(stage, "big")
             make_big(f)
             base = {k: baseline(f, k) for k in ("rsync", "cp")}
-            with Cluster(a.bin, run, n) as cl:
+            with Cluster(a.bin, run, n, a.upload_limit) as cl:
                 dt = timed_sync(cl, f, "big", 1)
                 if w == "delta":
                     p1 = os.path.join(cl.nodes[0].folder, "big")
@@ -256,8 +293,9 @@ def main():
                              wire_bytes=cl.wire_bytes() - b0)
                 else:
                     emit(tool="shoal", workload=w, nodes=n, seconds=round(dt, 3),
+                         upload_limit_kbps=a.upload_limit,
                          mb_s=round(GiB / dt / 1e6, 1), rsync_s=round(base["rsync"], 3),
-                         cp_s=round(base["cp"], 3))
+                         cp_s=round(base["cp"], 3), cpu_s=cl.last_cpu, busy_s=cl.last_busy, sent_mb=cl.last_sent)
         elif w in ("small", "rss"):
             d = os.path.join(stage, "small")
             make_small(d)
@@ -266,7 +304,7 @@ def main():
                 dt = timed_sync(cl, d, "small", 10000)
                 emit(tool="shoal", workload="small", nodes=n, seconds=round(dt, 3),
                      files_s=round(10000 / dt), rsync_s=round(base["rsync"], 3),
-                     cp_s=round(base["cp"], 3))
+                     cp_s=round(base["cp"], 3), cpu_s=cl.last_cpu, busy_s=cl.last_busy, sent_mb=cl.last_sent)
                 time.sleep(5)
                 emit(tool="shoal", workload="rss", rss_kib=[nd.rss_kib() for nd in cl.nodes],
                      files=10000)
