@@ -7,10 +7,12 @@
 //!
 //! **Invariant: no network, no knowledge of peers, no file-system walking** (that is the scanner's).
 
+mod assembling;
 mod entry;
 mod error;
 mod store;
 
+pub use assembling::{ASSEMBLING_MAX, Piece};
 pub use entry::{ChunkRef, DiskStat, Entry, Kind, LocalStat, Stamp};
 pub use error::IndexError;
 pub use store::{Batch, ChunkLocation, Counts, Index, PeerKey, SCHEMA};

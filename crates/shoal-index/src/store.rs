@@ -27,6 +27,7 @@ use shoal_core::secret::ShareId;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::assembling::{Assembling, Piece};
 use crate::entry::{Entry, Kind, LocalStat, Stamp};
 use crate::error::IndexError;
 
@@ -111,6 +112,8 @@ pub struct Index {
     /// Bumped after every commit of local entries: what [`ChunkCache`] was filled under.
     generation: AtomicU64,
     chunk_cache: Mutex<ChunkCache>,
+    /// Chunks in the temporaries of files being assembled (see [`crate::assembling`]).
+    assembling: Mutex<Assembling>,
 }
 
 /// Entries with this many chunks or more (16 MiB and up) are kept decoded by [`ChunkCache`].
@@ -260,6 +263,7 @@ impl Index {
             remote,
             generation: AtomicU64::new(0),
             chunk_cache: Mutex::default(),
+            assembling: Mutex::default(),
         })
     }
 
@@ -512,7 +516,44 @@ impl Index {
                 return Some(buf);
             }
         }
-        None
+        self.read_assembling(hash, head)
+    }
+
+    /// A chunk from the temporary of a file being assembled, as written there (it was verified
+    /// on arrival; the asker verifies it again).
+    fn read_assembling(&self, hash: &Hash, head: impl Fn(usize) -> Vec<u8>) -> Option<Vec<u8>> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let piece = lock(&self.assembling).get(hash)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&piece.temp)
+            .ok()?;
+        let len = piece.len as usize;
+        let mut buf = head(len);
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        file.read_exact_at(&mut buf[start..], piece.offset).ok()?;
+        Some(buf)
+    }
+
+    /// Records that the temporary `temp` of a file being assembled holds chunk `hash` at
+    /// `offset`, so that peers can be given it before the file is complete. False if not
+    /// recorded (more than [`crate::ASSEMBLING_MAX`] chunks are): then it is not to be offered.
+    pub fn assembling(&self, temp: &Arc<Path>, hash: Hash, offset: u64, len: u32) -> bool {
+        lock(&self.assembling).add(
+            hash,
+            Piece {
+                temp: temp.clone(),
+                offset,
+                len,
+            },
+        )
+    }
+
+    /// Forgets the chunks recorded in `temp` (it was renamed into place, or removed).
+    pub fn assembled(&self, temp: &Path) {
+        lock(&self.assembling).forget(temp);
     }
 
     /// The peers this index holds entries of.

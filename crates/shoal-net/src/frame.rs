@@ -310,6 +310,10 @@ mod tests {
         check(Message::Close {
             reason: "bye".into(),
         });
+        check(Message::Have {
+            share_id,
+            hashes: vec![[3; 32]; crate::MAX_HAVE],
+        });
     }
 
     #[test]

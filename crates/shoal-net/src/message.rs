@@ -23,7 +23,9 @@ use crate::identity::NodeId;
 use crate::wire;
 
 /// The protocol version sent in [`Hello`]; peers with a different one are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Most chunk hashes one `Have` carries.
+pub const MAX_HAVE: usize = 1024;
 /// Largest chunk a `ChunkData` may carry.
 pub const MAX_CHUNK: usize = 16 << 20;
 /// Largest device name accepted in a `Hello`, in bytes.
@@ -44,7 +46,7 @@ pub struct Hello {
     pub listen_port: u16,
 }
 
-/// Every message of protocol version 1.
+/// Every message of protocol version 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Hello(Hello),
@@ -111,6 +113,14 @@ pub enum Message {
     },
     /// Keepalive: sent when a connection has been quiet; any message proves the peer is alive.
     Ping,
+    /// "I now hold these chunks of `share_id`" — chunks of a file this node is still assembling,
+    /// which its index does not list yet. A hint for peers pulling the same file: they may ask
+    /// this node for them instead of waiting on the node the file came from.
+    Have {
+        #[serde(with = "wire::share_id")]
+        share_id: ShareId,
+        hashes: Vec<[u8; 32]>,
+    },
 }
 
 impl Message {
@@ -150,6 +160,7 @@ impl Message {
             Message::Peers { .. } => "Peers",
             Message::Close { .. } => "Close",
             Message::Ping => "Ping",
+            Message::Have { .. } => "Have",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! namespace.
 
 pub mod chunks;
+mod hints;
 pub mod lan;
 pub mod limit;
 pub mod manager;

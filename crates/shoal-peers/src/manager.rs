@@ -6,7 +6,7 @@
 //! it holds a namespace's secret — streams this node's signed index to it and stores the verified
 //! records it sends back. Other tasks talk to it through [`Peers`]; no state is shared under a lock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,8 +17,8 @@ use shoal_core::secret::{Secret, ShareId};
 use shoal_index::{Entry, Index};
 use shoal_net::backoff::Backoff;
 use shoal_net::{
-    Closed, Connection, Event, Hello, Message, NodeId, NodeIdentity, PROTOCOL_VERSION, Session,
-    TlsSetup,
+    Closed, Connection, Event, Hello, MAX_HAVE, Message, NodeId, NodeIdentity, PROTOCOL_VERSION,
+    Session, TlsSetup,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::chunks::{self, FetchError};
+use crate::hints::Hints;
 use crate::lan::{self, LanConfig};
 use crate::limit::RateLimit;
 use crate::record;
@@ -37,6 +38,39 @@ const DIAL_TICK: Duration = Duration::from_millis(250);
 /// A `Ping` goes to every peer this often, so a quiet but healthy connection is never mistaken for
 /// a dead one.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Hints of chunks held by members (`Have`) are aged every this many pings: kept 60–120 s.
+const HINTS_AGE_PINGS: u64 = 6;
+/// Chunk requests of ours one peer may have at once, at most and at first; more wait here, and
+/// go to whichever source has room first. Per peer it follows how fast answers come (see
+/// [`Window`]): a fast link keeps 64 (16 MiB of 256 KiB chunks) in flight, a slow one few, so that
+/// it is not handed what faster peers — or peers that announce the chunk meanwhile — could send.
+const REQUESTS_PER_PEER: usize = 64;
+const REQUESTS_AT_FIRST: usize = 16;
+const REQUESTS_AT_LEAST: usize = 2;
+/// Answers quicker than this widen a peer's window by one; slower than [`SLOW_ANSWER`] narrow it
+/// by a quarter (additive increase, multiplicative decrease, as TCP's).
+const QUICK_ANSWER: Duration = Duration::from_millis(100);
+const SLOW_ANSWER: Duration = Duration::from_millis(300);
+
+/// How many requests of ours a peer may have in flight, from how long its answers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window(usize);
+
+impl Default for Window {
+    fn default() -> Window {
+        Window(REQUESTS_AT_FIRST)
+    }
+}
+
+impl Window {
+    fn answered_after(&mut self, took: Duration) {
+        if took < QUICK_ANSWER {
+            self.0 = (self.0 + 1).min(REQUESTS_PER_PEER);
+        } else if took > SLOW_ANSWER {
+            self.0 = (self.0 - self.0 / 4).max(REQUESTS_AT_LEAST);
+        }
+    }
+}
 /// A peer heard nothing from for this long is gone (a cable pulled, a partition: TCP alone can take
 /// many minutes to notice). The connection is dropped and redialed with backoff.
 const DEAD_AFTER: Duration = Duration::from_secs(30);
@@ -111,6 +145,8 @@ enum Cmd {
     Sent(u64, ShareId, u64),
     Received(u64, ShareId, u64, u64),
     Fetch(Fetch),
+    /// This node now holds these chunks of files being assembled: tell the share's members.
+    Have(ShareId, Vec<Hash>),
 }
 
 /// A request for one chunk of `share` from one of `sources`.
@@ -124,12 +160,19 @@ struct Fetch {
 /// A chunk request sent and not yet answered.
 struct Pending {
     session: u64,
+    /// Sent on a `Have` hint rather than to a node whose index lists the chunk.
+    hinted: bool,
     since: Instant,
     reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
 }
 
 /// A request unanswered for this long fails, and the caller tries another peer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request sent on a hint fails sooner: the chunk is then asked of the nodes whose index lists
+/// it (a peer frozen while assembling the file must not hold its neighbours up for a minute).
+const HINTED_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often requests are checked for having waited too long.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
 
 /// A handle on the peer manager.
 #[derive(Clone, Debug)]
@@ -188,6 +231,10 @@ impl Peers {
             limits: limits.clone(),
             lan_shares: None,
             serving: Arc::new(tokio::sync::Semaphore::new(chunks::MAX_SERVING)),
+            pings: 0,
+            in_flight: HashMap::new(),
+            deferred: VecDeque::new(),
+            windows: HashMap::new(),
         };
         let (lan_shares, lan_rx) = watch::channel(Vec::new());
         if let (Some(lan), Some(addr)) = (config.lan, local_addr) {
@@ -264,6 +311,14 @@ impl Peers {
         Ok(bytes)
     }
 
+    /// Tells the members of `share` that this node now holds `hashes` (chunks of files it is still
+    /// assembling; see [`Message::Have`]). For blocking threads (a file's writer): waits while
+    /// the manager's queue is full (news dropped there left peers asking the file's source for
+    /// chunks a neighbour had).
+    pub fn announce_blocking(&self, share: ShareId, hashes: Vec<Hash>) {
+        let _ = self.tx.blocking_send(Cmd::Have(share, hashes));
+    }
+
     /// Sets the node's bandwidth limits in kB/s (0: unlimited); applies at once to every transfer.
     pub fn set_limits(&self, download_kbps: u64, upload_kbps: u64) {
         self.limits.download.set_kbps(download_kbps);
@@ -293,6 +348,8 @@ struct ShareState {
     members: HashSet<u64>,
     /// Peers that were members and are gone, shown as disconnected with when they were last seen.
     former: HashMap<NodeId, Former>,
+    /// Chunks members hold in files they are still assembling.
+    hints: Hints,
 }
 
 /// The last that was known of a disconnected member.
@@ -364,6 +421,14 @@ struct Manager {
     /// The shares announced on the LAN.
     lan_shares: Option<watch::Sender<Vec<ShareId>>>,
     serving: Arc<tokio::sync::Semaphore>,
+    /// Keepalive rounds so far.
+    pings: u64,
+    /// Requests of ours in flight per session.
+    in_flight: HashMap<u64, usize>,
+    /// Requests waiting for a source with room (see [`Manager::start_fetch`]).
+    deferred: VecDeque<Fetch>,
+    /// Requests of ours each session may have in flight.
+    windows: HashMap<u64, Window>,
 }
 
 impl Manager {
@@ -404,6 +469,8 @@ impl Manager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resolve = tokio::time::interval(resolve_interval);
         resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(EXPIRY_TICK);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -411,6 +478,7 @@ impl Manager {
                 _ = stop.changed() => break,
                 _ = tick.tick() => self.dial_due(),
                 _ = ping.tick() => self.keepalive().await,
+                _ = expiry.tick() => self.expire_requests(),
                 _ = resolve.tick() => self.resolve_hosts(),
                 cmd = rx.recv() => match cmd {
                     None => break,
@@ -437,24 +505,52 @@ impl Manager {
         }
     }
 
-    /// Sends a chunk request to the least busy connected source.
+    /// Sends a chunk request to the least busy connected source, or keeps it for later when
+    /// every source already has [`REQUESTS_PER_PEER`] of ours: which peer gets it is then
+    /// decided when one has room, by what is known then (a peer may have announced the chunk
+    /// meanwhile).
     fn start_fetch(&mut self, fetch: Fetch) {
+        if fetch.reply.is_closed() {
+            return; // the puller gave up on it
+        }
         let Some(state) = self.shares.get(&fetch.share) else {
             let _ = fetch.reply.send(Err(FetchError::NoSource));
             return;
         };
-        let busy = |sid: &u64| self.pending.values().filter(|p| p.session == *sid).count();
-        let chosen = fetch
-            .sources
+        let busy = |sid: &u64| self.in_flight.get(sid).copied().unwrap_or(0);
+        // Members still assembling the file that said they have the chunk come first (a tie
+        // goes to them, sparing the file's source), then the nodes whose index lists it.
+        let hinted: Vec<u64> = state.hints.holders(&fetch.hash).collect();
+        let candidates: Vec<u64> = hinted
             .iter()
-            .filter_map(|node| self.by_node.get(node))
+            .chain(
+                fetch
+                    .sources
+                    .iter()
+                    .filter_map(|node| self.by_node.get(node)),
+            )
             .filter(|sid| state.members.contains(sid))
+            .copied()
+            .collect();
+        if candidates.is_empty() {
+            let _ = fetch.reply.send(Err(FetchError::NoSource));
+            return;
+        }
+        // The least busy of those with room; none has room: later.
+        let chosen = candidates
+            .iter()
+            .filter(|sid| busy(sid) < self.window(**sid).0)
             .min_by_key(|sid| busy(sid))
             .copied();
         let Some(sid) = chosen else {
-            let _ = fetch.reply.send(Err(FetchError::NoSource));
+            self.deferred.push_back(fetch);
             return;
         };
+        if hinted.contains(&sid)
+            && let Some(state) = self.shares.get_mut(&fetch.share)
+        {
+            state.hints.used(&fetch.hash, sid);
+        }
         let Some(s) = self.sessions.get(&sid) else {
             let _ = fetch.reply.send(Err(FetchError::NoSource));
             return;
@@ -470,14 +566,79 @@ impl Manager {
             let _ = fetch.reply.send(Err(FetchError::Disconnected));
             return;
         }
+        *self.in_flight.entry(sid).or_default() += 1;
         self.pending.insert(
             id,
             Pending {
                 session: sid,
+                hinted: hinted.contains(&sid),
                 since: Instant::now(),
                 reply: fetch.reply,
             },
         );
+    }
+
+    fn window(&self, session: u64) -> Window {
+        self.windows.get(&session).copied().unwrap_or_default()
+    }
+
+    /// Request `id` is over (answered, timed out, or its session gone): its peer has room for
+    /// another.
+    fn finish_request(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(n) = self.in_flight.get_mut(&p.session) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.in_flight.remove(&p.session);
+            }
+        }
+        Some(p)
+    }
+
+    /// Tries the requests kept for later again, in the order they came.
+    fn start_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.deferred);
+        let mut rest = waiting.into_iter();
+        for fetch in rest.by_ref() {
+            self.start_fetch(fetch);
+            // Nothing more can go anywhere: stop looking (the next answer looks again).
+            if self.in_flight_full() {
+                break;
+            }
+        }
+        self.deferred.extend(rest);
+    }
+
+    /// Whether every connected peer has as many of our requests as it may (then nothing
+    /// deferred can be sent).
+    fn in_flight_full(&self) -> bool {
+        self.sessions.keys().all(|sid| {
+            self.in_flight
+                .get(sid)
+                .is_some_and(|n| *n >= REQUESTS_PER_PEER)
+        })
+    }
+
+    /// Tells every member of `share` that this node holds `hashes`. A member whose control queue
+    /// is full misses the news (it still gets the chunks from their other sources).
+    fn announce_have(&self, share: ShareId, hashes: Vec<Hash>) {
+        let Some(state) = self.shares.get(&share) else {
+            return;
+        };
+        for part in hashes.chunks(MAX_HAVE) {
+            let have = Message::Have {
+                share_id: share,
+                hashes: part.iter().map(|h| h.0).collect(),
+            };
+            for sid in &state.members {
+                if let Some(s) = self.sessions.get(sid) {
+                    let _ = s.conn.try_send(&have);
+                }
+            }
+        }
     }
 
     /// Queues a chunk request from a member with the session's server (see [`chunks::Server`]).
@@ -496,23 +657,44 @@ impl Manager {
     /// Answers a pending request, if `session` is the one it was sent on.
     fn answer(&mut self, session: u64, id: u64, result: Result<Vec<u8>, FetchError>) {
         if self.pending.get(&id).is_some_and(|p| p.session == session)
-            && let Some(p) = self.pending.remove(&id)
+            && let Some(p) = self.finish_request(id)
         {
+            self.windows
+                .entry(session)
+                .or_default()
+                .answered_after(p.since.elapsed());
             let _ = p.reply.send(result);
+            self.start_deferred();
         }
+    }
+
+    /// Fails the requests that waited too long ([`REQUEST_TIMEOUT`], [`HINTED_TIMEOUT`]); the
+    /// asker then tries another node, and the slow peer's window closes to the least.
+    fn expire_requests(&mut self) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                let waited = p.since.elapsed();
+                waited > REQUEST_TIMEOUT || (p.hinted && waited > HINTED_TIMEOUT)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.finish_request(id) {
+                self.windows.insert(p.session, Window(REQUESTS_AT_LEAST));
+                let _ = p.reply.send(Err(FetchError::TimedOut));
+            }
+        }
+        self.start_deferred();
     }
 
     /// Pings every peer and drops those silent for [`DEAD_AFTER`].
     async fn keepalive(&mut self) {
-        let expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.since.elapsed() > REQUEST_TIMEOUT)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(p) = self.pending.remove(&id) {
-                let _ = p.reply.send(Err(FetchError::TimedOut));
+        self.pings += 1;
+        if self.pings.is_multiple_of(HINTS_AGE_PINGS) {
+            for state in self.shares.values_mut() {
+                state.hints.age();
             }
         }
         let dead: Vec<u64> = self
@@ -571,6 +753,7 @@ impl Manager {
                 let _ = reply.send(());
             }
             Cmd::Fetch(fetch) => self.start_fetch(fetch),
+            Cmd::Have(share, hashes) => self.announce_have(share, hashes),
             Cmd::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -642,6 +825,7 @@ impl Manager {
                 share,
                 members: HashSet::new(),
                 former: HashMap::new(),
+                hints: Hints::default(),
             },
         );
         for s in self.sessions.values() {
@@ -782,15 +966,18 @@ impl Manager {
             .map(|(req, _)| *req)
             .collect();
         for req in lost {
-            if let Some(p) = self.pending.remove(&req) {
+            if let Some(p) = self.finish_request(req) {
                 let _ = p.reply.send(Err(FetchError::Disconnected));
             }
         }
+        self.in_flight.remove(&id);
+        self.windows.remove(&id);
         let traffic = s.conn.traffic();
         for (share, m) in s.shares {
             m.pusher.abort();
             if let Some(state) = self.shares.get_mut(&share) {
                 state.members.remove(&id);
+                state.hints.forget_session(id);
                 state.remember(
                     s.peer,
                     Former {
@@ -956,6 +1143,19 @@ impl Manager {
                     warn!(peer = %s.peer.short(), "chunk request for a namespace it has not joined; closing");
                     self.drop_session(id, Some("chunk request for a namespace not joined"))
                         .await;
+                }
+            }
+            Message::Have { share_id, hashes } => {
+                if !s.shares.contains_key(&share_id) {
+                    warn!(peer = %s.peer.short(), "chunk news for a namespace it has not joined; closing");
+                    self.drop_session(id, Some("Have for a namespace not joined"))
+                        .await;
+                    return;
+                }
+                if let Some(state) = self.shares.get_mut(&share_id) {
+                    state
+                        .hints
+                        .add(id, hashes.into_iter().take(MAX_HAVE).map(Hash));
                 }
             }
             Message::ChunkData { id: req, bytes } => self.answer(id, req, Ok(bytes)),
@@ -1233,6 +1433,25 @@ fn close_soon(conn: Connection, reason: &'static str) {
 #[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_window_follows_how_fast_it_answers() {
+        let mut w = Window::default();
+        for _ in 0..100 {
+            w.answered_after(Duration::from_millis(5));
+        }
+        assert_eq!(w, Window(REQUESTS_PER_PEER), "a fast peer gets the most");
+        w.answered_after(Duration::from_millis(200));
+        assert_eq!(w, Window(REQUESTS_PER_PEER), "in between: unchanged");
+        w.answered_after(Duration::from_secs(1));
+        assert_eq!(w, Window(REQUESTS_PER_PEER * 3 / 4));
+        for _ in 0..100 {
+            w.answered_after(Duration::from_secs(2));
+        }
+        assert_eq!(w, Window(REQUESTS_AT_LEAST), "a slow peer still gets some");
+        w.answered_after(Duration::from_millis(1));
+        assert_eq!(w, Window(REQUESTS_AT_LEAST + 1));
+    }
 
     #[test]
     fn host_entries_get_the_default_port() {

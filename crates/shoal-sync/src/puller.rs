@@ -88,8 +88,15 @@ pub type Fetching = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>
 
 /// Where chunks this node lacks come from (the peer layer; a test double in tests).
 pub trait ChunkSource: Send + Sync + 'static {
-    /// Fetches chunk `hash` from one of `sources`.
+    /// Fetches chunk `hash` from one of `sources` (or from a peer that announced it has it).
     fn fetch(&self, hash: Hash, sources: Vec<PeerKey>) -> Fetching;
+
+    /// Tells the peers that this node now holds `hashes` (chunks of files still being
+    /// assembled): peers pulling the same files may ask it for them. Called from a blocking
+    /// thread (the file's writer); may wait for the peer layer.
+    fn have(&self, hashes: Vec<Hash>) {
+        let _ = hashes;
+    }
 }
 
 /// What a puller needs.
@@ -496,6 +503,7 @@ fn remove_unneeded_temps(config: &PullerConfig, shared: &Shared, wanted: &HashSe
         if wanted.contains(temp) {
             return true;
         }
+        index(config).assembled(temp);
         match fs::remove_file(temp) {
             Ok(()) => {
                 debug!(namespace = %config.name, temp = %temp.display(), "removed a temporary file no longer needed");
@@ -1384,14 +1392,20 @@ async fn fetch_missing(
     if need.sources.is_empty() {
         return Err("no peer announced this version".into());
     }
-    let (to_writer, writes) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(WRITES_QUEUED);
+    let (to_writer, writes) =
+        tokio::sync::mpsc::channel::<(shoal_core::chunk::Chunk, Vec<u8>)>(WRITES_QUEUED);
     let writer = {
         let file = file.clone();
         let shared = shared.clone();
-        tokio::task::spawn_blocking(move || write_fetched(&file, &shared, behind, writes))
+        let config = config.clone();
+        // The file's temporary, where its chunks are offered to peers from.
+        let temp: Arc<Path> = temp_path(&abs(root(&config), &need.path), &need.target.hash).into();
+        tokio::task::spawn_blocking(move || {
+            write_fetched(&config, &temp, &file, &shared, behind, writes)
+        })
     };
     let mut tasks = JoinSet::new();
-    for chunk in missing {
+    for chunk in in_windows(missing, FETCH_WINDOW, shuffler()) {
         let source = config.source.clone();
         let sources = need.sources.clone();
         let fetches = fetches.clone();
@@ -1401,7 +1415,7 @@ async fn fetch_missing(
             let bytes = fetch_verified(&*source, &sources, &chunk).await?;
             // Fails only if the writer stopped: its error is the one reported.
             to_writer
-                .send((chunk.offset, bytes))
+                .send((chunk, bytes))
                 .await
                 .map_err(|_| Failure::from("the writer stopped"))
         });
@@ -1454,22 +1468,74 @@ async fn fetch_verified(
 const WRITES_QUEUED: usize = 8;
 
 /// Writes fetched chunks into a temporary as they come, through a write-behind window (written
-/// out as it goes, then out of the page cache). On an error (a full disk), stops at once: the
-/// fetchers then stop too.
+/// out as it goes, then out of the page cache), and offers them to peers pulling the same file
+/// (announced a few at a time, and whenever no more are waiting). On an error (a full disk),
+/// stops at once: the fetchers then stop too.
 fn write_fetched(
+    config: &PullerConfig,
+    temp: &Arc<Path>,
     file: &File,
     shared: &Shared,
     mut behind: WriteBehind,
-    mut writes: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    mut writes: tokio::sync::mpsc::Receiver<(shoal_core::chunk::Chunk, Vec<u8>)>,
 ) -> io::Result<()> {
-    while let Some((offset, bytes)) = writes.blocking_recv() {
-        file.write_all_at(&bytes, offset)?;
+    let mut fresh = Vec::new();
+    while let Some((chunk, bytes)) = writes.blocking_recv() {
+        file.write_all_at(&bytes, chunk.offset)?;
         let n = bytes.len() as u64;
-        behind.wrote(file, offset, offset + n);
+        behind.wrote(file, chunk.offset, chunk.offset + n);
         shared.fetched.fetch_add(n, Ordering::Relaxed);
         shared.bytes_done.fetch_add(n, Ordering::Relaxed);
+        if index(config).assembling(temp, chunk.hash, chunk.offset, chunk.len) {
+            fresh.push(chunk.hash);
+        }
+        if fresh.len() >= ANNOUNCE_AT || (!fresh.is_empty() && writes.is_empty()) {
+            config.source.have(std::mem::take(&mut fresh));
+        }
     }
     Ok(())
+}
+
+/// Chunks written are announced to peers at least this many at a time (or when the writer has
+/// nothing else to do).
+const ANNOUNCE_AT: usize = 32;
+
+/// A large file's chunks are fetched in windows of this many, each in a random order: nodes
+/// pulling the same file at once then seldom ask its source for the same chunk at the same time,
+/// and pass on to each other (`Have`) what each got. (In file order they would all ask for the
+/// same chunks at the same moment; rotated windows still had a node that got ahead through
+/// chunks passed on to it catch up with another and march with it in step.) A window (~256 MiB)
+/// bounds how far the writes scatter ahead of the write-behind window.
+const FETCH_WINDOW: usize = 1024;
+
+/// `chunks` in windows of `window`, each shuffled by `random` (a source of random numbers).
+fn in_windows<T>(chunks: Vec<T>, window: usize, mut random: impl FnMut() -> u64) -> Vec<T> {
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut rest = chunks.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut w: Vec<T> = rest.by_ref().take(window.max(1)).collect();
+        // Fisher–Yates.
+        for i in (1..w.len()).rev() {
+            let j = (random() % (i as u64 + 1)) as usize;
+            w.swap(i, j);
+        }
+        out.extend(w);
+    }
+    out
+}
+
+/// A fast generator seeded from the system's randomness (xorshift64*: the order of fetches
+/// needs to differ between nodes, not to be unpredictable).
+fn shuffler() -> impl FnMut() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let mut x = u64::from_le_bytes(b) | 1;
+    move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
 }
 
 /// Opens (or creates) the temporary file and fills it with every chunk already there or
@@ -1792,6 +1858,8 @@ fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
     let mut parents = BTreeSet::new();
     let mut pulled = 0;
     let mut conflicts = 0;
+    // Their chunks are served from the index once it is committed, no longer from the temporary.
+    let mut renamed = Vec::new();
     for r in ready {
         let path = abs(root, &r.need.path);
         if !unchanged(config, &r.need) {
@@ -1810,6 +1878,7 @@ fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
         match result {
             Ok(entry) => {
                 lock(&shared.temps).remove(&r.temp);
+                renamed.push(r.temp.clone());
                 if r.need.keep_local_as_conflict {
                     conflicts += 1;
                 }
@@ -1823,6 +1892,9 @@ fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
     sync_dirs(&parents);
     if let Err(e) = batch.commit() {
         errors.index(&e);
+    }
+    for temp in &renamed {
+        index(config).assembled(temp);
     }
     shared.update(|s| {
         s.files_pulled += pulled;
@@ -1940,6 +2012,26 @@ mod tests {
             archive_keep: Duration::from_secs(1),
         };
         (tmp, config)
+    }
+
+    #[test]
+    fn chunks_are_fetched_shuffled_within_windows_only() {
+        let chunks: Vec<usize> = (0..2500).collect();
+        let order = in_windows(chunks.clone(), 1000, shuffler());
+        assert_eq!(order.len(), chunks.len());
+        for (w, part) in order.chunks(1000).enumerate() {
+            let mut sorted = part.to_vec();
+            sorted.sort_unstable();
+            let want: Vec<usize> = (w * 1000..(w * 1000 + 1000).min(2500)).collect();
+            assert_eq!(sorted, want, "window {w} holds its own chunks, each once");
+        }
+        assert_ne!(order, chunks, "shuffled");
+        // Two nodes pull in different orders.
+        assert_ne!(order, in_windows(chunks.clone(), 1000, shuffler()));
+        // Degenerate sizes.
+        assert_eq!(in_windows(vec![7], 1000, shuffler()), vec![7]);
+        assert!(in_windows(Vec::<u8>::new(), 1000, shuffler()).is_empty());
+        assert_eq!(in_windows(vec![1, 2], 0, shuffler()).len(), 2);
     }
 
     #[test]

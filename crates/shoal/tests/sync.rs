@@ -462,6 +462,43 @@ fn the_upload_limit_holds() {
     );
 }
 
+#[test]
+fn a_file_going_to_several_nodes_is_passed_on_among_them() {
+    // Node 0's link (its upload limit) is the bottleneck: sent whole to each of three nodes, the
+    // file would leave it three times. The receivers announce what they have written (`Have`)
+    // and take chunks from each other.
+    let c = Cluster::with_init(4, &shoal_secret(), &["--upload-limit", "3000"]);
+    for i in 1..4 {
+        wait_until(CONVERGE, "every node connected", || {
+            ns_status(&c, i)["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().filter(|p| p["state"] == "connected").count() == 3)
+        });
+    }
+    let size = 24 << 20;
+    publish(&c, "wide.bin", &noise(size, 21));
+    c.converge(0, "the file on every node");
+    let sent = |i: usize| -> u64 {
+        ns_status(&c, i)["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["bytes_sent"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let from_source = sent(0);
+    let passed_on: u64 = (1..4).map(sent).sum();
+    eprintln!("node 0 sent {from_source} bytes, the others {passed_on}");
+    assert!(
+        from_source < (size as u64) * 5 / 2,
+        "node 0 sent {from_source} bytes of a {size}-byte file to three nodes"
+    );
+    assert!(
+        passed_on > size as u64 / 2,
+        "the receivers passed on only {passed_on} bytes"
+    );
+}
+
 fn shoal_secret() -> String {
     let n = Node::new();
     let out = n.run(&["secret"]);

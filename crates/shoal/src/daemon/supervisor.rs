@@ -85,6 +85,10 @@ impl ChunkSource for PeerChunks {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn have(&self, hashes: Vec<Hash>) {
+        self.peers.announce_blocking(self.share, hashes);
+    }
 }
 
 /// One running namespace.
