@@ -67,7 +67,10 @@ impl Window {
         if took < QUICK_ANSWER {
             self.0 = (self.0 + 1).min(REQUESTS_PER_PEER);
         } else if took > SLOW_ANSWER {
-            self.0 = (self.0 - self.0 / 4).max(REQUESTS_AT_LEAST);
+            self.0 = self
+                .0
+                .saturating_sub((self.0 / 4).max(1))
+                .max(REQUESTS_AT_LEAST);
         }
     }
 }
@@ -506,7 +509,7 @@ impl Manager {
     }
 
     /// Sends a chunk request to the least busy connected source, or keeps it for later when
-    /// every source already has [`REQUESTS_PER_PEER`] of ours: which peer gets it is then
+    /// every source already has its window of ours ([`Window`]): which peer gets it is then
     /// decided when one has room, by what is known then (a peer may have announced the chunk
     /// meanwhile).
     fn start_fetch(&mut self, fetch: Fetch) {
@@ -618,7 +621,7 @@ impl Manager {
         self.sessions.keys().all(|sid| {
             self.in_flight
                 .get(sid)
-                .is_some_and(|n| *n >= REQUESTS_PER_PEER)
+                .is_some_and(|n| *n >= self.window(*sid).0)
         })
     }
 
