@@ -231,7 +231,18 @@ fn started_as_root_the_daemon_drops_to_uid_and_gid() {
     .expect("chmod");
     assert!(node.ctl(&["add", "gitlab"]).status.success());
     let daemon = node.start_daemon(&[]);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).expect("proc");
+    // The control socket is bound while still root (it may live in a root-only directory) and
+    // accepts connections from then on: the drop follows a moment later. (Read at once, a busy
+    // CI machine saw uid 0.)
+    let read_status =
+        || std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).expect("proc");
+    let dropped = |status: &str| {
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && !l.split_whitespace().skip(1).any(|id| id == "0"))
+    };
+    common::poll_until(Duration::from_secs(10), || dropped(&read_status()));
+    let status = read_status();
     let field = |name: &str| {
         status
             .lines()
