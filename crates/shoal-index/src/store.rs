@@ -487,14 +487,8 @@ impl Index {
         hash: &Hash,
         head: impl Fn(usize) -> Vec<u8>,
     ) -> Option<Vec<u8>> {
-        use std::io::{Read, Seek, SeekFrom};
-        use std::os::unix::fs::OpenOptionsExt;
         for loc in self.chunk_locations(hash).ok()? {
-            let Ok(mut file) = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(root.join(&loc.path))
-            else {
+            let Some(mut file) = open_nofollow(&root.join(&loc.path)) else {
                 continue;
             };
             let unchanged =
@@ -502,11 +496,7 @@ impl Index {
             let before = unchanged(&file);
             let mut buf = head(loc.len as usize);
             let start = buf.len();
-            // Read into the buffer's spare room: no zeroing first.
-            let read = file
-                .seek(SeekFrom::Start(loc.offset))
-                .and_then(|_| (&mut file).take(u64::from(loc.len)).read_to_end(&mut buf));
-            if read.ok() != Some(loc.len as usize) {
+            if !read_after(&mut file, loc.offset, loc.len, &mut buf) {
                 continue;
             }
             // A file unchanged since it was indexed, before and after the read, holds the chunk
@@ -522,19 +512,10 @@ impl Index {
     /// A chunk from the temporary of a file being assembled, as written there (it was verified
     /// on arrival; the asker verifies it again).
     fn read_assembling(&self, hash: &Hash, head: impl Fn(usize) -> Vec<u8>) -> Option<Vec<u8>> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
         let piece = lock(&self.assembling).get(hash)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&piece.temp)
-            .ok()?;
-        let len = piece.len as usize;
-        let mut buf = head(len);
-        let start = buf.len();
-        buf.resize(start + len, 0);
-        file.read_exact_at(&mut buf[start..], piece.offset).ok()?;
-        Some(buf)
+        let mut file = open_nofollow(&piece.temp)?;
+        let mut buf = head(piece.len as usize);
+        read_after(&mut file, piece.offset, piece.len, &mut buf).then_some(buf)
     }
 
     /// Records that the temporary `temp` of a file being assembled holds chunk `hash` at
@@ -792,6 +773,26 @@ fn migrate(txn: &redb::WriteTransaction, from: u32) -> Result<(), IndexError> {
     meta.insert("schema", SCHEMA.to_le_bytes().as_slice())?;
     info!(from, to = SCHEMA, "index schema migrated");
     Ok(())
+}
+
+/// Opens `path` for reading; never through a symlink.
+fn open_nofollow(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()
+}
+
+/// Appends `len` bytes of `file` at `offset` to `buf`, read into its spare room (no zeroing
+/// first); false unless all of them were there.
+fn read_after(file: &mut std::fs::File, offset: u64, len: u32, buf: &mut Vec<u8>) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.take(u64::from(len)).read_to_end(buf))
+        .ok()
+        == Some(len as usize)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -549,9 +549,8 @@ impl Manager {
             self.deferred.push_back(fetch);
             return;
         };
-        if hinted.contains(&sid)
-            && let Some(state) = self.shares.get_mut(&fetch.share)
-        {
+        let on_hint = hinted.contains(&sid);
+        if on_hint && let Some(state) = self.shares.get_mut(&fetch.share) {
             state.hints.used(&fetch.hash, sid);
         }
         let Some(s) = self.sessions.get(&sid) else {
@@ -574,7 +573,7 @@ impl Manager {
             id,
             Pending {
                 session: sid,
-                hinted: hinted.contains(&sid),
+                hinted: on_hint,
                 since: Instant::now(),
                 reply: fetch.reply,
             },
