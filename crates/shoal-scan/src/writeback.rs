@@ -3,7 +3,7 @@
 //! Nothing here writes data: these calls tell the kernel when to write out what a writer put in
 //! the page cache, and when it may forget it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
@@ -64,9 +64,10 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
     }
 }
 
-/// Keeps a large file's writer within a bounded window of the page cache: writeback starts per
-/// [`STEP`] written, and what lies more than [`BEHIND`] below the front (the end of what has been
-/// written from offset 0 without a gap) is waited for and dropped.
+/// Keeps a large file's writer within a bounded window of the page cache: writeback starts for
+/// each [`STEP`]-sized piece of the file as soon as it is all written, and what lies more than
+/// [`BEHIND`] below the front (the end of what has been written from offset 0 without a gap) is
+/// waited for and dropped.
 ///
 /// Why: a file written whole into the page cache takes one new page per 4 KiB, all dirty until
 /// the fsync. New pages are the expensive part of a buffered write (in a virtual machine each
@@ -80,18 +81,22 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
 /// client; dropping it sent those reads to the disk (nfs-rs reading its 1 GiB right after
 /// writing it: 1.6–2.2 GB/s → 0.85–1.06).
 ///
-/// Writes may arrive out of order (fetches answered by several peers): the window follows the
-/// front, so a piece written early far ahead waits in the cache until the front reaches it; the
-/// first version followed the furthest write, and one early piece near a file's end had the
-/// whole file dropped before it was written.
+/// Writes may arrive out of order (fetches answered by several peers, chunks fetched shuffled
+/// within windows of ~256 MiB): the drop follows the front, so a piece written early far ahead
+/// waits in the cache until the front reaches it (the first version followed the furthest write,
+/// and one early piece near a file's end had the whole file dropped before it was written). The
+/// writeback does not wait for the front: it first did, and a 1 GiB file fetched shuffled had its
+/// last ~300 MiB still dirty when it was all there, 0.76 s of its 4.2 s spent in the final sync.
 #[derive(Debug, Default)]
 pub struct WriteBehind {
     /// Written ranges above the front (start → end), not touching each other or the front.
     ahead: BTreeMap<u64, u64>,
     /// Everything below this offset has been written.
     front: u64,
-    /// Writeback has been started below this offset.
+    /// Writeback has been started below this offset (a multiple of [`STEP`]).
     started: u64,
+    /// Steps above `started` whose writeback has been started (offset / [`STEP`]).
+    started_ahead: BTreeSet<u64>,
     /// Data below this offset has been written out and dropped.
     dropped: u64,
 }
@@ -105,7 +110,7 @@ impl WriteBehind {
     /// `file` now holds `offset..end`.
     pub fn wrote(&mut self, file: &File, offset: u64, end: u64) {
         let steps = self.steps(offset, end);
-        if let Some((from, to)) = steps.start {
+        for (from, to) in steps.start {
             start_writeback(file, from, to - from);
         }
         if let Some((from, to)) = steps.drop {
@@ -115,7 +120,8 @@ impl WriteBehind {
 
     /// What a write of `offset..end` calls for: the ranges to start and to write out and drop.
     fn steps(&mut self, offset: u64, end: u64) -> Steps {
-        if offset <= self.front {
+        // The written range that now holds `offset..end`.
+        let (low, high) = if offset <= self.front {
             self.front = self.front.max(end);
             // Ranges ahead that the front now reaches join it.
             while let Some((&start, &stop)) = self.ahead.first_key_value() {
@@ -125,16 +131,25 @@ impl WriteBehind {
                 self.ahead.remove(&start);
                 self.front = self.front.max(stop);
             }
+            (self.started, self.front)
         } else {
-            self.note_ahead(offset, end);
-        }
+            self.note_ahead(offset, end)
+        };
         let mut steps = Steps::default();
-        let start_to = self.front / STEP * STEP;
-        if start_to > self.started {
-            steps.start = Some((self.started, start_to));
-            self.started = start_to;
+        // Every step wholly inside it whose writeback has not started yet, as runs.
+        for k in low.div_ceil(STEP).max(self.started / STEP)..high / STEP {
+            if !self.started_ahead.insert(k) {
+                continue;
+            }
+            match steps.start.last_mut() {
+                Some((_, to)) if *to == k * STEP => *to += STEP,
+                _ => steps.start.push((k * STEP, (k + 1) * STEP)),
+            }
         }
-        let drop_to = self.started.saturating_sub(BEHIND) / STEP * STEP;
+        while self.started_ahead.remove(&(self.started / STEP)) {
+            self.started += STEP;
+        }
+        let drop_to = self.front.min(self.started).saturating_sub(BEHIND) / STEP * STEP;
         if drop_to > self.dropped {
             steps.drop = Some((self.dropped, drop_to));
             self.dropped = drop_to;
@@ -142,8 +157,9 @@ impl WriteBehind {
         steps
     }
 
-    /// Records `offset..end` above the front, merged with the ranges it touches.
-    fn note_ahead(&mut self, mut offset: u64, mut end: u64) {
+    /// Records `offset..end` above the front, merged with the ranges it touches; the merged
+    /// range.
+    fn note_ahead(&mut self, mut offset: u64, mut end: u64) -> (u64, u64) {
         // A range starting at or before `end` and reaching `offset` overlaps or touches it.
         while let Some((&start, &stop)) = self.ahead.range(..=end).next_back() {
             if stop < offset {
@@ -154,12 +170,13 @@ impl WriteBehind {
             end = end.max(stop);
         }
         self.ahead.insert(offset, end);
+        (offset, end)
     }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Steps {
-    start: Option<(u64, u64)>,
+    start: Vec<(u64, u64)>,
     drop: Option<(u64, u64)>,
 }
 
@@ -179,7 +196,7 @@ mod tests {
         assert_eq!(
             w.steps(3 * MIB, 9 * MIB),
             Steps {
-                start: Some((0, 8 * MIB)),
+                start: vec![(0, 8 * MIB)],
                 drop: None
             }
         );
@@ -189,14 +206,14 @@ mod tests {
         assert_eq!(
             w.steps(9 * MIB, BEHIND + STEP + MIB),
             Steps {
-                start: Some((8 * MIB, BEHIND + STEP)),
+                start: vec![(8 * MIB, BEHIND + STEP)],
                 drop: Some((0, STEP))
             }
         );
         assert_eq!(
             w.steps(BEHIND + STEP + MIB, BEHIND + 3 * STEP),
             Steps {
-                start: Some((BEHIND + STEP, BEHIND + 3 * STEP)),
+                start: vec![(BEHIND + STEP, BEHIND + 3 * STEP)],
                 drop: Some((STEP, 3 * STEP))
             }
         );
@@ -204,30 +221,88 @@ mod tests {
     }
 
     #[test]
-    fn writes_ahead_of_a_gap_wait_for_it() {
+    fn steps_written_ahead_of_a_gap_start_at_once_and_are_dropped_only_behind_the_front() {
         let mut w = WriteBehind::new();
         let gib = 1 << 30;
-        // The file's last piece first: nothing is written from 0 yet, nothing moves.
+        // The file's last piece first: no whole step, nothing moves.
         assert_eq!(w.steps(gib - MIB, gib), Steps::default());
-        // Pieces ahead of a gap, out of order, some touching each other.
+        // Pieces ahead of a gap, out of order, some touching each other: writeback starts for a
+        // step once it is whole (16..24 when 12..30 is), nothing is dropped.
         assert_eq!(w.steps(20 * MIB, 30 * MIB), Steps::default());
         assert_eq!(w.steps(12 * MIB, 16 * MIB), Steps::default());
-        assert_eq!(w.steps(16 * MIB, 20 * MIB), Steps::default());
+        assert_eq!(
+            w.steps(16 * MIB, 20 * MIB),
+            Steps {
+                start: vec![(16 * MIB, 24 * MIB)],
+                drop: None
+            }
+        );
         assert_eq!(w.ahead.len(), 2, "{:?}", w.ahead);
-        // The gap filled: the front jumps to the end of what touches it, not to the file's end.
+        // The gap filled: the front jumps to the end of what touches it, not to the file's end;
+        // the steps below it start, the one started ahead not again.
         assert_eq!(
             w.steps(0, 12 * MIB),
             Steps {
-                start: Some((0, 24 * MIB)),
+                start: vec![(0, 16 * MIB)],
                 drop: None
             }
         );
         assert_eq!(w.front, 30 * MIB);
+        assert_eq!(w.started, 24 * MIB);
         assert_eq!(w.ahead.len(), 1);
         // An overlapping rewrite ahead merges.
         w.steps(gib - 2 * MIB, gib - MIB / 2);
         assert_eq!(w.ahead.len(), 1);
         assert_eq!(w.ahead.get(&(gib - 2 * MIB)), Some(&gib));
+        // Far ahead, two whole steps in one write start as one run; however much is written
+        // ahead, nothing is dropped until the front is BEHIND past it.
+        assert_eq!(
+            w.steps(40 * MIB, 100 * MIB + 3),
+            Steps {
+                start: vec![(40 * MIB, 96 * MIB)],
+                drop: None
+            }
+        );
+        assert_eq!(
+            w.steps(30 * MIB, 40 * MIB),
+            Steps {
+                start: vec![(24 * MIB, 40 * MIB)],
+                drop: Some((0, 96 * MIB - BEHIND))
+            }
+        );
+        assert_eq!(w.started, 96 * MIB);
+    }
+
+    #[test]
+    fn shuffled_writes_start_every_whole_step_exactly_once() {
+        // Chunks of 1 MiB written in a shuffled order: each step is started once, when whole,
+        // and everything below the end is started by the time all is written.
+        let n = 200u64;
+        let mut order: Vec<u64> = (0..n).collect();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let mut w = WriteBehind::new();
+        let mut written = BTreeSet::new();
+        let mut started = BTreeSet::new();
+        for i in order {
+            written.insert(i);
+            for (from, to) in w.steps(i * MIB, (i + 1) * MIB).start {
+                for k in from / STEP..to / STEP {
+                    assert!(started.insert(k), "step {k} started twice");
+                    let whole =
+                        (k * STEP / MIB..(k + 1) * STEP / MIB).all(|c| written.contains(&c));
+                    assert!(whole, "step {k} started before it was whole");
+                }
+            }
+        }
+        assert_eq!(started.len() as u64, n * MIB / STEP);
+        assert_eq!(w.started, n * MIB / STEP * STEP);
+        assert!(w.started_ahead.is_empty());
     }
 
     #[test]
