@@ -247,6 +247,65 @@ fn the_file_hash_depends_on_every_chunk_and_is_not_a_chunk_hash() {
 
 /// The gear table and the cut points are part of the format: peers must cut the same file the same
 /// way. If this test fails, the change breaks deduplication against every existing node.
+/// The cut rule, byte by byte as FastCDC states it: what [`Chunker`] must find, however it rolls.
+fn cuts_byte_by_byte(data: &[u8], min: u32, avg: u32, max: u32) -> Vec<usize> {
+    let c = Chunker::with_sizes(min, avg, max);
+    let (min, avg, max) = (c.min as usize, c.avg as usize, c.max as usize);
+    let (mut cuts, mut start, mut h) = (Vec::new(), 0usize, 0u64);
+    for (i, &b) in data.iter().enumerate() {
+        let len = i + 1 - start;
+        if len <= min {
+            continue;
+        }
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        let mask = if len <= avg { c.strict } else { c.loose };
+        if h & mask == 0 || len == max {
+            cuts.push(i + 1);
+            start = i + 1;
+            h = 0;
+        }
+    }
+    if start < data.len() {
+        cuts.push(data.len());
+    }
+    cuts
+}
+
+#[test]
+fn the_chunker_cuts_where_the_byte_by_byte_rule_does() {
+    // Small sizes: thousands of cuts, at odd and even offsets, under both masks and at the max.
+    for (seed, (min, avg, max)) in [
+        (64, 256, 1024),
+        (0, 64, 128),
+        (100, 512, 4096),
+        (1, 128, 200),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = noise(1 << 20, seed as u64 + 11);
+        let want = cuts_byte_by_byte(&data, min, avg, max);
+        assert!(want.len() > 200, "{} cuts", want.len());
+        let mut chunker = Chunker::with_sizes(min, avg, max);
+        let mut got = Vec::new();
+        let mut at = 0;
+        // Fed in uneven pieces, as files are read.
+        for piece in data.chunks(4093) {
+            let mut rest = piece;
+            while let Some(n) = chunker.next_boundary(rest) {
+                at += n;
+                got.push(at);
+                rest = &rest[n..];
+            }
+            at += rest.len();
+        }
+        if got.last() != Some(&data.len()) {
+            got.push(data.len());
+        }
+        assert_eq!(got, want, "sizes {min}/{avg}/{max}");
+    }
+}
+
 #[test]
 fn the_format_is_pinned() {
     assert_eq!(GEAR[0], 0x25a2_9dd2_7978_d217, "GEAR[0] = {:#x}", GEAR[0]);
