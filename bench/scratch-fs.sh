@@ -4,6 +4,8 @@
 #
 #   bench/scratch-fs.sh          # make (once) and mount; prints the mount point
 #   bench/scratch-fs.sh --down   # unmount and detach
+#   FS=xfs bench/scratch-fs.sh   # XFS instead (reflinks: copy_file_range clones whole blocks),
+#                                # at /mnt/shoal-bench-xfs; needs mkfs.xfs (Debian: xfsprogs)
 #
 # Why: some VMs (this project's benchmark machines among them) have an ext4 root without a
 # journal. There ext4 skips inodes freed in the last seconds to minutes when it allocates one, and
@@ -12,8 +14,12 @@
 # dominates the small-file run (perf: find_get_block_common, recently_deleted). A journaled file
 # system, as on a production node, has no such scan. compare.py runs every tool on the same one.
 set -euo pipefail
-IMG=${IMG:-/var/tmp/shoal-bench.img}
-MNT=${MNT:-/mnt/shoal-bench}
+FS=${FS:-ext4}
+case $FS in
+  ext4) IMG=${IMG:-/var/tmp/shoal-bench.img}; MNT=${MNT:-/mnt/shoal-bench} ;;
+  xfs) IMG=${IMG:-/var/tmp/shoal-bench-xfs.img}; MNT=${MNT:-/mnt/shoal-bench-xfs} ;;
+  *) echo "FS must be ext4 or xfs" >&2; exit 2 ;;
+esac
 SIZE=${SIZE:-24G}
 
 if [[ ${1:-} == --down ]]; then
@@ -30,7 +36,11 @@ if mountpoint -q "$MNT"; then
 fi
 if [[ ! -f $IMG ]]; then
   truncate -s "$SIZE" "$IMG"
-  mkfs.ext4 -q -F "$IMG"
+  if [[ $FS == xfs ]]; then
+    mkfs.xfs -q -f -m reflink=1 "$IMG"
+  else
+    mkfs.ext4 -q -F "$IMG"
+  fi
 fi
 dev=$(losetup --direct-io=on --find --show "$IMG")
 mkdir -p "$MNT"

@@ -1781,45 +1781,82 @@ impl Run {
     /// from it must then be verified). Errors are the destination's.
     fn copy(self, sources: &Sources, to: &File) -> io::Result<bool> {
         let from = &sources.list[self.source].file;
-        let (mut off_in, mut off_out) = (self.from as i64, self.to as i64);
-        let mut left = self.len;
-        while left > 0 {
-            let want = left.min(1 << 30) as usize;
-            match nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want)
-            {
-                // The source shrank: it changed, and `Copier::finish` verifies what came from it.
-                Ok(0) => return Ok(false),
-                Ok(n) => left -= n as u64,
-                Err(nix::errno::Errno::EINTR) => {}
-                // Another file system under the namespace, or none that can: copy by hand.
-                Err(
-                    nix::errno::Errno::EXDEV
-                    | nix::errno::Errno::EINVAL
-                    | nix::errno::Errno::ENOSYS
-                    | nix::errno::Errno::EOPNOTSUPP,
-                ) => {
-                    let mut buf = vec![0u8; left.min(1 << 20) as usize];
-                    while left > 0 {
-                        let n = left.min(buf.len() as u64) as usize;
-                        if from.read_exact_at(&mut buf[..n], off_in as u64).is_err() {
-                            return Ok(false);
-                        }
-                        to.write_all_at(&buf[..n], off_out as u64)?;
-                        off_in += n as i64;
-                        off_out += n as i64;
-                        left -= n as u64;
-                    }
-                }
-                // The disk holding the temporary is full: the caller pauses.
-                Err(e @ (nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)) => {
-                    return Err(io::Error::from(e));
-                }
-                // Anything else may be the source's: what was copied is verified.
-                Err(_) => return Ok(false),
+        for (off_in, off_out, len) in clonable_pieces(self.from, self.to, self.len) {
+            if !copy_range(from, off_in, to, off_out, len)? {
+                return Ok(false);
             }
         }
         Ok(true)
     }
+}
+
+/// The block size file systems clone (share extents) in: offsets and lengths must be multiples.
+const CLONE_BLOCK: u64 = 4096;
+
+/// A run to copy as pieces `(from, to, len)`: its whole blocks in one piece, the ragged ends
+/// around them in others, when source and destination are equally placed within a block (as
+/// every run of a file edited in place is). `copy_file_range` on a file system that shares
+/// extents (XFS, btrfs) then clones the middle piece — metadata only, whatever its size — where
+/// a range that is not block-aligned is copied byte by byte, whole. Elsewhere (ext4) every piece
+/// is copied as the whole run was.
+fn clonable_pieces(from: u64, to: u64, len: u64) -> Vec<(u64, u64, u64)> {
+    let head = (CLONE_BLOCK - from % CLONE_BLOCK) % CLONE_BLOCK;
+    if from % CLONE_BLOCK != to % CLONE_BLOCK || len < head + CLONE_BLOCK {
+        return vec![(from, to, len)];
+    }
+    let middle = (len - head) / CLONE_BLOCK * CLONE_BLOCK;
+    let tail = len - head - middle;
+    [
+        (from, to, head),
+        (from + head, to + head, middle),
+        (from + head + middle, to + head + middle, tail),
+    ]
+    .into_iter()
+    .filter(|&(_, _, n)| n > 0)
+    .collect()
+}
+
+/// Copies `len` bytes at `off_in` of `from` to `off_out` of `to`, in the kernel where it can;
+/// false if the source ended early or could not be read (what was copied from it must then be
+/// verified). Errors are the destination's.
+fn copy_range(from: &File, off_in: u64, to: &File, off_out: u64, len: u64) -> io::Result<bool> {
+    let (mut off_in, mut off_out) = (off_in as i64, off_out as i64);
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        match nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), want) {
+            // The source shrank: it changed, and `Copier::finish` verifies what came from it.
+            Ok(0) => return Ok(false),
+            Ok(n) => left -= n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            // Another file system under the namespace, or none that can: copy by hand.
+            Err(
+                nix::errno::Errno::EXDEV
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP,
+            ) => {
+                let mut buf = vec![0u8; left.min(1 << 20) as usize];
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    if from.read_exact_at(&mut buf[..n], off_in as u64).is_err() {
+                        return Ok(false);
+                    }
+                    to.write_all_at(&buf[..n], off_out as u64)?;
+                    off_in += n as i64;
+                    off_out += n as i64;
+                    left -= n as u64;
+                }
+            }
+            // The disk holding the temporary is full: the caller pauses.
+            Err(e @ (nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)) => {
+                return Err(io::Error::from(e));
+            }
+            // Anything else may be the source's: what was copied is verified.
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Nanoseconds since the epoch as whole seconds and the nanoseconds past them (also before 1970).
@@ -2090,6 +2127,35 @@ mod tests {
         // Fewer files than writers: no empty share.
         assert_eq!(by_directory(vec![need("x")], 4).len(), 1);
         assert!(by_directory(Vec::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn runs_are_cut_so_that_whole_blocks_can_be_cloned() {
+        let b = CLONE_BLOCK;
+        // Equally placed: ragged head, whole blocks, ragged tail; together the run exactly.
+        for (from, to, len) in [
+            (100, 100, 10 * b),
+            (b + 7, 3 * b + 7, 5 * b + 1),
+            (0, 0, 8 * b),
+        ] {
+            let pieces = clonable_pieces(from, to, len);
+            let mut at = (from, to);
+            for &(f, t, n) in &pieces {
+                assert_eq!((f, t), at, "pieces follow each other");
+                assert!(n > 0);
+                at = (f + n, t + n);
+            }
+            assert_eq!(at, (from + len, to + len), "the whole run");
+            let whole: Vec<_> = pieces
+                .iter()
+                .filter(|(f, t, n)| f % b == 0 && t % b == 0 && n % b == 0)
+                .collect();
+            assert_eq!(whole.len(), 1, "{pieces:?}");
+            assert!(whole[0].2 >= len - 2 * b, "{pieces:?}");
+        }
+        // Placed differently (an insert shifted the content), or under a block: one piece.
+        assert_eq!(clonable_pieces(0, 1, 10 * b), vec![(0, 1, 10 * b)]);
+        assert_eq!(clonable_pieces(5, 5, b), vec![(5, 5, b)]);
     }
 
     #[test]
