@@ -131,14 +131,16 @@ impl WriteBehind {
                 self.ahead.remove(&start);
                 self.front = self.front.max(stop);
             }
-            (self.started, self.front)
+            (0, self.front)
         } else {
             self.note_ahead(offset, end)
         };
         let mut steps = Steps::default();
-        // Every step wholly inside it whose writeback has not started yet, as runs.
-        for k in low.div_ceil(STEP).max(self.started / STEP)..high / STEP {
-            if !self.started_ahead.insert(k) {
+        // The steps this write made whole (only steps it touches can have become whole: the
+        // work per write stays bounded however far a gap holds the front back), as runs.
+        for k in (offset / STEP).max(self.started / STEP)..end.div_ceil(STEP) {
+            let whole = k * STEP >= low && (k + 1) * STEP <= high;
+            if !whole || !self.started_ahead.insert(k) {
                 continue;
             }
             match steps.start.last_mut() {
@@ -271,6 +273,31 @@ mod tests {
             }
         );
         assert_eq!(w.started, 96 * MIB);
+    }
+
+    #[test]
+    fn a_gap_at_the_start_holds_back_neither_writeback_nor_the_writer() {
+        // The first MiB comes last (a slow peer); 20 GiB arrive in order behind it. Each step
+        // starts when its last MiB is written, and looking for whole steps stays within what
+        // each write touched (it once walked the whole range ahead: quadratic in the file).
+        let mut w = WriteBehind::new();
+        let per_step = STEP / MIB;
+        for i in 1..20 * 1024 {
+            let steps = w.steps(i * MIB, (i + 1) * MIB);
+            let want = if (i + 1) % per_step == 0 && i + 1 > per_step {
+                vec![((i + 1 - per_step) * MIB, (i + 1) * MIB)]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(steps.start, want, "MiB {i}");
+            assert_eq!(steps.drop, None);
+        }
+        assert_eq!(w.front, 0);
+        let filled = w.steps(0, MIB);
+        assert_eq!(filled.start, vec![(0, STEP)]);
+        assert_eq!(w.front, 20 * 1024 * MIB);
+        assert_eq!(w.started, 20 * 1024 * MIB);
+        assert!(w.started_ahead.is_empty());
     }
 
     #[test]
