@@ -245,8 +245,6 @@ fn the_file_hash_depends_on_every_chunk_and_is_not_a_chunk_hash() {
     assert_ne!(file_hash(&single), single[0].hash);
 }
 
-/// The gear table and the cut points are part of the format: peers must cut the same file the same
-/// way. If this test fails, the change breaks deduplication against every existing node.
 /// The cut rule, byte by byte as FastCDC states it: what [`Chunker`] must find, however it rolls.
 fn cuts_byte_by_byte(data: &[u8], min: u32, avg: u32, max: u32) -> Vec<usize> {
     let c = Chunker::with_sizes(min, avg, max);
@@ -306,6 +304,8 @@ fn the_chunker_cuts_where_the_byte_by_byte_rule_does() {
     }
 }
 
+/// The gear table and the cut points are part of the format: peers must cut the same file the same
+/// way. If this test fails, the change breaks deduplication against every existing node.
 #[test]
 fn the_format_is_pinned() {
     assert_eq!(GEAR[0], 0x25a2_9dd2_7978_d217, "GEAR[0] = {:#x}", GEAR[0]);
