@@ -209,9 +209,24 @@ fn rechunking_after_a_change_gives_the_same_chunks_as_chunking_anew() {
             rolled(i)
         );
     }
-    // Mostly unlike the old chunks where they were: chunked anew, on every thread.
+    // Mostly unlike the old chunks where they were: chunked anew, on every thread, having read a
+    // sample of the old chunks first (it checked every old chunk first: more than twice the file
+    // was read, 27 MB of this one).
     assert_eq!(rolled(7), (12 << 20) + 1, "{}", edits[7].0);
     assert_eq!(rolled(8), 12 << 20, "{}", edits[8].0);
+    for i in [7, 8] {
+        let new = &edits[i].1;
+        let read = std::sync::atomic::AtomicU64::new(0);
+        let at = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
+            read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            buf.copy_from_slice(&new[at as usize..at as usize + buf.len()]);
+            Ok(())
+        };
+        let got = rechunk_counted(&chunk_bytes(&old), new.len() as u64, 2, &at).unwrap();
+        assert_eq!(got.0, chunk_bytes(new));
+        let (read, len) = (read.into_inner(), new.len() as u64);
+        assert!(read < 2 * len, "{}: read {read} of {len}", edits[i].0);
+    }
     // From an empty or a tiny old file.
     assert_eq!(rechunked(&[], &old, 2), chunk_bytes(&old));
     assert_eq!(rechunked(&[7; 10], &old, 2), chunk_bytes(&old));
