@@ -518,8 +518,6 @@ fn rechunk_counted<E: Send>(
     Ok((out, rolled))
 }
 
-/// For each old chunk, whether the new file holds it unchanged at the same offset (checked on
-/// `threads` threads, each a run of neighbouring chunks).
 /// Old chunks checked first, spread over the file, when there are at least twice as many.
 const SAMPLE: usize = 16;
 
@@ -549,6 +547,8 @@ fn mostly_moved<E>(old: &[Chunk], len: u64, read_exact_at: &ReadAt<'_, E>) -> Re
     Ok(same * 2 < SAMPLE)
 }
 
+/// For each old chunk, whether the new file holds it unchanged at the same offset (checked on
+/// `threads` threads, each a run of neighbouring chunks).
 fn unchanged_in_place<E: Send>(
     old: &[Chunk],
     len: u64,
