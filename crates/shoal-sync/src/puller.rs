@@ -1360,7 +1360,12 @@ async fn assemble(
     };
     debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
     if !missing.is_empty() {
-        fetch_missing(config, shared, &need, &file, missing, behind, fetches).await?;
+        let filling = Filling {
+            path: temp.as_path().into(),
+            file: file.clone(),
+            behind,
+        };
+        fetch_missing(config, shared, &need, filling, missing, fetches).await?;
         debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "fetcher done");
     }
     let target = need.target.clone();
@@ -1377,16 +1382,15 @@ async fn assemble(
     Ok(Ready { need, temp })
 }
 
-/// Fetcher: the chunks of `need` still `missing` from peers, verified, written into `file` by
-/// one thread (writers of one file only take turns on its inode lock; several spun on it, and
-/// blocked async workers meanwhile). A full disk stops everything at once.
+/// Fetcher: the chunks of `need` still `missing` from peers, verified, written into the
+/// temporary being filled by one thread (writers of one file only take turns on its inode lock;
+/// several spun on it, and blocked async workers meanwhile). A full disk stops everything at once.
 async fn fetch_missing(
     config: &Arc<PullerConfig>,
     shared: &Arc<Shared>,
     need: &Need,
-    file: &Arc<File>,
+    filling: Filling,
     missing: Vec<shoal_core::chunk::Chunk>,
-    behind: WriteBehind,
     fetches: Arc<Semaphore>,
 ) -> Result<(), Failure> {
     if need.sources.is_empty() {
@@ -1395,14 +1399,9 @@ async fn fetch_missing(
     let (to_writer, writes) =
         tokio::sync::mpsc::channel::<(shoal_core::chunk::Chunk, Vec<u8>)>(WRITES_QUEUED);
     let writer = {
-        let file = file.clone();
         let shared = shared.clone();
         let config = config.clone();
-        // The file's temporary, where its chunks are offered to peers from.
-        let temp: Arc<Path> = temp_path(&abs(root(&config), &need.path), &need.target.hash).into();
-        tokio::task::spawn_blocking(move || {
-            write_fetched(&config, &temp, &file, &shared, behind, writes)
-        })
+        tokio::task::spawn_blocking(move || write_fetched(&config, filling, &shared, writes))
     };
     let mut tasks = JoinSet::new();
     for chunk in in_windows(missing, FETCH_WINDOW, shuffler()) {
@@ -1464,6 +1463,14 @@ async fn fetch_verified(
     )))
 }
 
+/// A temporary being filled by the fetcher: where it is (the chunks written into it are offered
+/// to peers from there), the open file, and its write-behind window.
+struct Filling {
+    path: Arc<Path>,
+    file: Arc<File>,
+    behind: WriteBehind,
+}
+
 /// Fetched chunks waiting for the file's writer.
 const WRITES_QUEUED: usize = 8;
 
@@ -1473,20 +1480,23 @@ const WRITES_QUEUED: usize = 8;
 /// stops at once: the fetchers then stop too.
 fn write_fetched(
     config: &PullerConfig,
-    temp: &Arc<Path>,
-    file: &File,
+    filling: Filling,
     shared: &Shared,
-    mut behind: WriteBehind,
     mut writes: tokio::sync::mpsc::Receiver<(shoal_core::chunk::Chunk, Vec<u8>)>,
 ) -> io::Result<()> {
+    let Filling {
+        path: temp,
+        file,
+        mut behind,
+    } = filling;
     let mut fresh = Vec::new();
     while let Some((chunk, bytes)) = writes.blocking_recv() {
         file.write_all_at(&bytes, chunk.offset)?;
         let n = bytes.len() as u64;
-        behind.wrote(file, chunk.offset, chunk.offset + n);
+        behind.wrote(&file, chunk.offset, chunk.offset + n);
         shared.fetched.fetch_add(n, Ordering::Relaxed);
         shared.bytes_done.fetch_add(n, Ordering::Relaxed);
-        if index(config).assembling(temp, chunk.hash, chunk.offset, chunk.len) {
+        if index(config).assembling(&temp, chunk.hash, chunk.offset, chunk.len) {
             fresh.push(chunk.hash);
         }
         if fresh.len() >= ANNOUNCE_AT || (!fresh.is_empty() && writes.is_empty()) {
