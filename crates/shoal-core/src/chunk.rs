@@ -527,24 +527,33 @@ const SAMPLE: usize = 16;
 /// more on the sending node). Only the path is chosen here, never the result: both give the same
 /// chunks, and a sample that guesses wrong costs time, not exactness.
 fn mostly_moved<E>(old: &[Chunk], len: u64, read_exact_at: &ReadAt<'_, E>) -> Result<bool, E> {
-    let fits: Vec<&Chunk> = old
-        .iter()
-        .filter(|c| c.offset + u64::from(c.len) <= len)
-        .collect();
+    let fits = fitting(old, len);
     if fits.len() < 2 * SAMPLE {
         return Ok(false);
     }
     let step = fits.len() / SAMPLE;
     let mut buf = Vec::new();
     let mut same = 0;
-    for c in fits.iter().skip(step / 2).step_by(step).take(SAMPLE) {
-        buf.resize(c.len as usize, 0);
-        read_exact_at(c.offset, &mut buf)?;
-        if Hash::of(&buf) == c.hash {
+    for &j in fits.iter().skip(step / 2).step_by(step).take(SAMPLE) {
+        if in_place(&old[j], &mut buf, read_exact_at)? {
             same += 1;
         }
     }
     Ok(same * 2 < SAMPLE)
+}
+
+/// Indexes of the old chunks that lie wholly within a file of `len` bytes.
+fn fitting(old: &[Chunk], len: u64) -> Vec<usize> {
+    (0..old.len())
+        .filter(|&j| old[j].offset + u64::from(old[j].len) <= len)
+        .collect()
+}
+
+/// Whether the file still holds old chunk `c` where it was (read into `buf`).
+fn in_place<E>(c: &Chunk, buf: &mut Vec<u8>, read_exact_at: &ReadAt<'_, E>) -> Result<bool, E> {
+    buf.resize(c.len as usize, 0);
+    read_exact_at(c.offset, buf)?;
+    Ok(Hash::of(buf) == c.hash)
 }
 
 /// For each old chunk, whether the new file holds it unchanged at the same offset (checked on
@@ -555,19 +564,12 @@ fn unchanged_in_place<E: Send>(
     threads: usize,
     read_exact_at: &ReadAt<'_, E>,
 ) -> Result<Vec<bool>, E> {
-    let fits: Vec<usize> = (0..old.len())
-        .filter(|&j| old[j].offset + u64::from(old[j].len) <= len)
-        .collect();
+    let fits = fitting(old, len);
     let per = fits.len().div_ceil(threads.clamp(1, 64)).max(1);
     let check = |js: &[usize]| -> Result<Vec<(usize, bool)>, E> {
         let mut buf = Vec::new();
         js.iter()
-            .map(|&j| {
-                let c = old[j];
-                buf.resize(c.len as usize, 0);
-                read_exact_at(c.offset, &mut buf)?;
-                Ok((j, Hash::of(&buf) == c.hash))
-            })
+            .map(|&j| Ok((j, in_place(&old[j], &mut buf, read_exact_at)?)))
             .collect()
     };
     let parts: Vec<&[usize]> = fits.chunks(per).collect();

@@ -133,12 +133,22 @@ fn rechunked(old: &[u8], new: &[u8], threads: usize) -> Vec<Chunk> {
 
 /// The chunks, and the bytes that went through the gear hash.
 fn rechunked_rolling(old: &[u8], new: &[u8], threads: usize) -> (Vec<Chunk>, u64) {
-    let read = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
+    let (chunks, rolled, _) = rechunked_reading(old, new, threads);
+    (chunks, rolled)
+}
+
+/// The chunks, the bytes that went through the gear hash, and the bytes read.
+fn rechunked_reading(old: &[u8], new: &[u8], threads: usize) -> (Vec<Chunk>, u64, u64) {
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let at = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
+        read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let at = at as usize;
         buf.copy_from_slice(&new[at..at + buf.len()]);
         Ok(())
     };
-    rechunk_counted(&chunk_bytes(old), new.len() as u64, threads, &read).unwrap()
+    let (chunks, rolled) =
+        rechunk_counted(&chunk_bytes(old), new.len() as u64, threads, &at).unwrap();
+    (chunks, rolled, read.into_inner())
 }
 
 #[test]
@@ -216,15 +226,9 @@ fn rechunking_after_a_change_gives_the_same_chunks_as_chunking_anew() {
     assert_eq!(rolled(8), 12 << 20, "{}", edits[8].0);
     for i in [7, 8] {
         let new = &edits[i].1;
-        let read = std::sync::atomic::AtomicU64::new(0);
-        let at = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
-            read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            buf.copy_from_slice(&new[at as usize..at as usize + buf.len()]);
-            Ok(())
-        };
-        let got = rechunk_counted(&chunk_bytes(&old), new.len() as u64, 2, &at).unwrap();
-        assert_eq!(got.0, chunk_bytes(new));
-        let (read, len) = (read.into_inner(), new.len() as u64);
+        let (got, _, read) = rechunked_reading(&old, new, 2);
+        assert_eq!(got, chunk_bytes(new));
+        let len = new.len() as u64;
         assert!(read < 2 * len, "{}: read {read} of {len}", edits[i].0);
     }
     // From an empty or a tiny old file.
