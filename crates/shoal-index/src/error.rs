@@ -24,6 +24,17 @@ pub enum IndexError {
     },
 }
 
+impl IndexError {
+    /// The storage failed (an I/O error, a full disk), not the data or the caller.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            IndexError::Db(e) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            IndexError::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for IndexError {

@@ -15,8 +15,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use redb::{
     Database, MultimapTableDefinition, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -104,7 +104,12 @@ type SortedChunks = Arc<(Stamp, Vec<(Hash, u64, u32)>)>;
 /// The index of one namespace.
 #[derive(Debug)]
 pub struct Index {
-    db: Database,
+    /// `None` once a failed write left redb refusing everything and it could not be opened again
+    /// yet (see [`Index::write_txn`]).
+    db: RwLock<Option<Arc<Database>>>,
+    /// A write failed for the storage (a full disk, say): redb refuses everything after that
+    /// until the database is opened again.
+    broken: AtomicBool,
     path: PathBuf,
     seq: watch::Sender<u64>,
     /// Counts stores of peers' entries, to wake whoever computes what this node needs.
@@ -257,7 +262,8 @@ impl Index {
         let (seq, _) = watch::channel(max_seq);
         let (remote, _) = watch::channel(0);
         Ok(Index {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            broken: AtomicBool::new(false),
             path: path.to_owned(),
             seq,
             remote,
@@ -269,6 +275,49 @@ impl Index {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database, closed and opened again after a write failed for the storage. Once a write
+    /// fails (the disk full, say), redb refuses every later transaction ("Previous I/O error
+    /// occurred. Please close and re-open the database"): without this a namespace stayed broken
+    /// after the room came back, until the daemon was restarted. redb repairs the file on
+    /// opening. While transactions of the old database still hold its file, opening fails and
+    /// the next call tries again.
+    fn database(&self) -> Result<Arc<Database>, IndexError> {
+        if !self.broken.load(Ordering::Acquire)
+            && let Some(db) = &*self.db.read().unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if self.broken.swap(false, Ordering::AcqRel) && slot.take().is_some() {
+            warn!(index = %self.path.display(), "a write to the index failed: opening it again");
+        }
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(open_db(&self.path)?);
+        info!(index = %self.path.display(), "index opened again");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    fn read_txn(&self) -> Result<redb::ReadTransaction, IndexError> {
+        Ok(self.database()?.begin_read()?)
+    }
+
+    fn write_txn(&self) -> Result<redb::WriteTransaction, IndexError> {
+        Ok(self.database()?.begin_write()?)
+    }
+
+    /// The result of a write, noting a failure of the storage (see [`Index::database`]).
+    fn wrote<T>(&self, result: Result<T, IndexError>) -> Result<T, IndexError> {
+        if let Err(e) = &result
+            && e.is_storage_failure()
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        result
     }
 
     /// The highest sequence number given out: every change this node recorded has one ≤ this.
@@ -287,14 +336,14 @@ impl Index {
     }
 
     pub fn get(&self, path: &str) -> Result<Option<Entry>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let files = txn.open_table(FILES)?;
         let found = files.get(path)?;
         found.map(|v| decode(v.value())).transpose()
     }
 
     pub fn counts(&self) -> Result<Counts, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let meta = txn.open_table(META)?;
         read_counts(&meta)
     }
@@ -305,7 +354,7 @@ impl Index {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(String, Entry)>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let by_seq = txn.open_table(BY_SEQ)?;
         let files = txn.open_table(FILES)?;
         let mut out = Vec::new();
@@ -339,7 +388,7 @@ impl Index {
         prefix: &str,
         mut f: impl FnMut(&str, Entry),
     ) -> Result<(), IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let files = txn.open_table(FILES)?;
         if prefix.is_empty() {
             for row in files.iter()? {
@@ -366,7 +415,7 @@ impl Index {
         // Read before the transaction begins: a commit after this makes anything cached below
         // stale, and the cache then drops it.
         let generation = self.generation.load(Ordering::Acquire);
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let by_chunk = txn.open_multimap_table(BY_CHUNK)?;
         let files = txn.open_table(FILES)?;
         let mut out = Vec::new();
@@ -417,7 +466,11 @@ impl Index {
         peer: &PeerKey,
         entries: &[(String, Entry)],
     ) -> Result<(), IndexError> {
-        let txn = self.db.begin_write()?;
+        self.wrote(self.store_remote(peer, entries))
+    }
+
+    fn store_remote(&self, peer: &PeerKey, entries: &[(String, Entry)]) -> Result<(), IndexError> {
+        let txn = self.write_txn()?;
         {
             let mut remote = txn.open_table(REMOTE)?;
             let mut seqs = txn.open_table(REMOTE_SEQ)?;
@@ -439,14 +492,14 @@ impl Index {
 
     /// The highest sequence number received from `peer` (0: nothing yet).
     pub fn remote_seq(&self, peer: &PeerKey) -> Result<u64, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let seqs = txn.open_table(REMOTE_SEQ)?;
         Ok(seqs.get(peer.as_slice())?.map_or(0, |v| v.value()))
     }
 
     /// `peer`'s entry for `path`, as it last announced it.
     pub fn remote_get(&self, peer: &PeerKey, path: &str) -> Result<Option<Entry>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let remote = txn.open_table(REMOTE)?;
         let mut key = peer.to_vec();
         key.extend_from_slice(path.as_bytes());
@@ -456,7 +509,7 @@ impl Index {
 
     /// Every entry `peer` announced, in path order.
     pub fn remote_entries(&self, peer: &PeerKey) -> Result<Vec<(String, Entry)>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let remote = txn.open_table(REMOTE)?;
         let mut out = Vec::new();
         let lo = peer.to_vec();
@@ -539,7 +592,7 @@ impl Index {
 
     /// The peers this index holds entries of.
     pub fn remote_peers(&self) -> Result<Vec<PeerKey>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let seqs = txn.open_table(REMOTE_SEQ)?;
         let mut out = Vec::new();
         for row in seqs.iter()? {
@@ -561,7 +614,7 @@ impl Index {
 
     /// Checks that the tables agree with each other; returns what is wrong (empty: consistent).
     pub fn check(&self) -> Result<Vec<String>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let files = txn.open_table(FILES)?;
         let by_seq = txn.open_table(BY_SEQ)?;
         let by_chunk = txn.open_multimap_table(BY_CHUNK)?;
@@ -667,10 +720,15 @@ impl Batch<'_> {
     /// Writes every change in one durable transaction; returns the new highest sequence number.
     pub fn commit(self) -> Result<u64, IndexError> {
         let index = self.index;
+        index.wrote(self.write())
+    }
+
+    fn write(self) -> Result<u64, IndexError> {
+        let index = self.index;
         if self.ops.is_empty() {
             return Ok(index.max_seq());
         }
-        let txn = index.db.begin_write()?;
+        let txn = index.write_txn()?;
         let mut max_seq = index.max_seq();
         let changed;
         {

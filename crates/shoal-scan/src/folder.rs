@@ -36,6 +36,9 @@ pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(30);
 const RETRY_CHANGING: Duration = Duration::from_millis(25);
 /// The longest such a file waits between two looks while it keeps changing.
 const RETRY_CHANGING_MAX: Duration = Duration::from_millis(1600);
+/// A scan that failed (the index could not be written: the disk full, say) is tried again after
+/// this, its paths kept: they were dropped, and the changes waited for the next full scan.
+const RETRY_FAILED: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct FolderOptions {
@@ -203,10 +206,15 @@ impl Worker {
         let mut interval = self.interval(watcher.is_some());
         // Files found changing, and when to look at them again.
         let mut hot = Hot::default();
-        for p in self.full_scan() {
-            hot.defer(p, Instant::now());
-        }
         let mut next_full = Instant::now() + interval;
+        match self.full_scan() {
+            Some(changing) => changing
+                .into_iter()
+                .for_each(|p| hot.defer(p, Instant::now())),
+            None => next_full = Instant::now() + RETRY_FAILED,
+        }
+        // Paths of a scan that failed, and when to try them again.
+        let mut failed: Option<(Instant, BTreeSet<String>)> = None;
         let mut pending = BTreeSet::new();
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
@@ -218,6 +226,9 @@ impl Worker {
             }
             if let Some(at) = hot.next_due() {
                 deadline = deadline.min(at);
+            }
+            if let Some((at, _)) = &failed {
+                deadline = deadline.min(*at);
             }
             let mut reload_ignore = false;
             match self
@@ -271,12 +282,21 @@ impl Worker {
             if now >= next_full {
                 pending.clear();
                 first = None;
+                failed = None;
                 hot = Hot::default();
-                for p in self.full_scan() {
-                    hot.defer(p, Instant::now());
-                }
                 next_full = Instant::now() + interval;
+                match self.full_scan() {
+                    Some(changing) => changing
+                        .into_iter()
+                        .for_each(|p| hot.defer(p, Instant::now())),
+                    None => next_full = Instant::now() + RETRY_FAILED,
+                }
                 continue;
+            }
+            if let Some((_, paths)) = failed.take_if(|(at, _)| *at <= now) {
+                pending.extend(paths);
+                first.get_or_insert(now);
+                last = now - QUIET;
             }
             let mut due = hot.take_due(now);
             // A large file that was written again during the second half of its wait is still
@@ -319,7 +339,12 @@ impl Worker {
                         }
                         self.set_ok(report);
                     }
-                    Err(e) => self.set_error(&e),
+                    Err(e) => {
+                        self.set_error(&e);
+                        let (_, retry) =
+                            failed.get_or_insert_with(|| (now + RETRY_FAILED, BTreeSet::new()));
+                        retry.extend(paths);
+                    }
                 }
             }
         }
@@ -335,18 +360,18 @@ impl Worker {
         }
     }
 
-    /// Scans everything; returns the files found still changing.
-    fn full_scan(&self) -> Vec<String> {
+    /// Scans everything; returns the files found still changing, `None` if the scan failed.
+    fn full_scan(&self) -> Option<Vec<String>> {
         lock(&self.status).state = FolderState::Scanning;
         match self.scanner.scan_all() {
             Ok(mut report) => {
                 let changing = std::mem::take(&mut report.changing);
                 self.set_ok(report);
-                changing
+                Some(changing)
             }
             Err(e) => {
                 self.set_error(&e);
-                Vec::new()
+                None
             }
         }
     }
@@ -359,10 +384,16 @@ impl Worker {
     }
 
     fn set_error(&self, e: &ScanError) {
-        error!(root = %self.scanner.root().display(), "scan failed: {e}");
+        let why = e.to_string();
         let mut s = lock(&self.status);
+        if s.error.as_ref() == Some(&why) {
+            // Tried again and failed the same way: said already.
+            debug!(root = %self.scanner.root().display(), "scan failed again: {why}");
+        } else {
+            error!(root = %self.scanner.root().display(), "scan failed: {why}");
+        }
         s.state = FolderState::Error;
-        s.error = Some(e.to_string());
+        s.error = Some(why);
     }
 
     fn watch(&self, root: &Path) -> Option<notify::RecommendedWatcher> {
