@@ -64,8 +64,10 @@ def main():
         rs = [x.get("rsync_s") for x in results[("shoal", w)] if x.get("rsync_s") is not None]
         cp = [x.get("cp_s") for x in results[("shoal", w)] if x.get("cp_s") is not None]
         ratio = f"{t / s:.1f}×" if s and t else "—"
-        print(f"| {w} | {s} {unit}{wire} | {t if t is not None else '—'} {unit if t is not None else ''} | {ratio} | "
-              f"{statistics.median(rs) if rs else '—'} | {statistics.median(cp) if cp else '—'} |")
+        # Medians of an even count are means of two: printed to the precision measured.
+        num = lambda v: "—" if v is None else f"{v:.3f}".rstrip("0").rstrip(".") if unit != "B" else f"{v:.0f}"
+        print(f"| {w} | {num(s)} {unit}{wire} | {num(t)} {unit if t is not None else ''} | {ratio} | "
+              f"{num(statistics.median(rs)) if rs else '—'} | {num(statistics.median(cp)) if cp else '—'} |")
     print(f"\n{a.runs} runs, medians. Command: bench/compare.py --runs {a.runs} {' '.join(a.workloads)}")
 
 

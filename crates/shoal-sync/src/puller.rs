@@ -1348,7 +1348,7 @@ async fn assemble(
     }
     // Copier: resume and local chunks, off the async threads.
     let started = Instant::now();
-    let (file, missing, behind) = {
+    let (filling, missing) = {
         let config = config.clone();
         let shared = shared.clone();
         let into = temp.clone();
@@ -1359,12 +1359,8 @@ async fn assemble(
             .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
     };
     debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
+    let file = filling.file.clone();
     if !missing.is_empty() {
-        let filling = Filling {
-            path: temp.as_path().into(),
-            file: file.clone(),
-            behind,
-        };
         fetch_missing(config, shared, &need, filling, missing, fetches).await?;
         debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "fetcher done");
     }
@@ -1548,10 +1544,10 @@ fn shuffler() -> impl FnMut() -> u64 {
     }
 }
 
-/// Opens (or creates) the temporary file and fills it with every chunk already there or
-/// available locally; returns the chunks still missing, and the file's write-behind window (the
-/// fetcher's writes continue it: a window that did not know what the copier wrote would never see
-/// its front move past the first copied range).
+/// Opens (or creates) the temporary file, reserves its room ([`preallocate`]) and fills it with
+/// every chunk already there or available locally; returns it as the fetcher fills it on (its
+/// write-behind window included: a window that did not know what the copier wrote would never
+/// see its front move past the first copied range), and the chunks still missing.
 ///
 /// A chunk of a local file whose stat is still the one it was indexed with is copied in the
 /// kernel (`copy_file_range`, runs of neighbouring chunks in one call) without being read here:
@@ -1563,7 +1559,7 @@ fn copy_local(
     shared: &Shared,
     temp: &Path,
     chunks: Vec<shoal_core::chunk::Chunk>,
-) -> io::Result<(Arc<File>, Vec<shoal_core::chunk::Chunk>, WriteBehind)> {
+) -> io::Result<(Filling, Vec<shoal_core::chunk::Chunk>)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1599,7 +1595,12 @@ fn copy_local(
             .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
         missing.push(chunk);
     }
-    Ok((Arc::new(file), missing, behind))
+    let filling = Filling {
+        path: temp.into(),
+        file: Arc::new(file),
+        behind,
+    };
+    Ok((filling, missing))
 }
 
 /// Reserves the blocks of a temporary `size` bytes long that holds `have` bytes so far, so the
@@ -2218,8 +2219,8 @@ mod tests {
         let (_tmp, config) = namespace(&[("big", &old)]);
         let shared = Shared::default();
         let temp = root(&config).join("t1");
-        let (file, missing, _) = must(copy_local(&config, &shared, &temp, chunks.clone()));
-        drop(file);
+        let (filling, missing) = must(copy_local(&config, &shared, &temp, chunks.clone()));
+        drop(filling);
         let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
         assert_eq!(missing_bytes, fresh);
         let got = must(fs::read(&temp));
@@ -2236,8 +2237,8 @@ mod tests {
         edited[1 << 20..(1 << 20) + 10].fill(7);
         must(fs::write(root(&config).join("big"), &edited));
         let temp = root(&config).join("t2");
-        let (file, missing2, _) = must(copy_local(&config, &shared, &temp, chunks.clone()));
-        drop(file);
+        let (filling, missing2) = must(copy_local(&config, &shared, &temp, chunks.clone()));
+        drop(filling);
         assert!(missing2.len() > missing.len());
         let got = must(fs::read(&temp));
         for c in chunks.iter().filter(|c| !missing2.contains(c)) {
