@@ -349,3 +349,77 @@ proptest! {
         prop_assert_eq!(changes.len(), index.stamps_under("").unwrap().len());
     }
 }
+
+/// A tmpfs of `size` mounted for one test, or `None` where this process may not mount one.
+struct Tmpfs {
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Tmpfs { mnt, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+#[test]
+fn a_write_that_failed_for_a_full_disk_does_not_break_the_index_for_good() {
+    let Some(disk) = Tmpfs::mount("4m") else {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    };
+    let index = Index::open(&disk.mnt.join("ns.redb"), &SHARE).unwrap();
+    let mut b = index.batch();
+    b.put("before", file(&[1]));
+    b.commit().unwrap();
+
+    // Fill the disk, then write more than the index file has room for.
+    let filler = disk.mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x5au8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+    }
+    let many: Vec<u8> = (0..=255).collect();
+    let mut failed = None;
+    for round in 0..64 {
+        let mut b = index.batch();
+        for i in 0..64 {
+            b.put(&format!("during/{round}/{i}"), file(&many));
+        }
+        if let Err(e) = b.commit() {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("a full disk never failed a commit");
+    assert!(failed.is_storage_failure(), "{failed}");
+
+    // Room again: the index works without being reopened by hand, and kept what it had.
+    std::fs::remove_file(&filler).unwrap();
+    let mut b = index.batch();
+    b.put("after", file(&[2]));
+    b.commit().unwrap();
+    assert!(index.get("before").unwrap().is_some());
+    assert!(index.get("after").unwrap().is_some());
+    assert!(index.check().unwrap().is_empty());
+}
