@@ -104,8 +104,8 @@ type SortedChunks = Arc<(Stamp, Vec<(Hash, u64, u32)>)>;
 /// The index of one namespace.
 #[derive(Debug)]
 pub struct Index {
-    /// `None` once a failed write left redb refusing everything and it could not be opened again
-    /// yet (see [`Index::write_txn`]).
+    /// `None` between closing it after a failed write and opening it again (see
+    /// [`Index::database`]).
     db: RwLock<Option<Arc<Database>>>,
     /// A write failed for the storage (a full disk, say): redb refuses everything after that
     /// until the database is opened again.

@@ -37,8 +37,18 @@ const RETRY_CHANGING: Duration = Duration::from_millis(25);
 /// The longest such a file waits between two looks while it keeps changing.
 const RETRY_CHANGING_MAX: Duration = Duration::from_millis(1600);
 /// A scan that failed (the index could not be written: the disk full, say) is tried again after
-/// this, its paths kept: they were dropped, and the changes waited for the next full scan.
+/// this, its paths kept: they were dropped, and the changes waited for the next full scan. The
+/// wait doubles while scans keep failing (a full scan walks the whole folder), up to
+/// [`RETRY_FAILED_MAX`].
 const RETRY_FAILED: Duration = Duration::from_secs(5);
+const RETRY_FAILED_MAX: Duration = Duration::from_secs(300);
+
+/// The wait before trying again after `failures` scans in a row failed.
+fn retry_failed(failures: u32) -> Duration {
+    RETRY_FAILED
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RETRY_FAILED_MAX)
+}
 
 #[derive(Clone, Debug)]
 pub struct FolderOptions {
@@ -207,14 +217,18 @@ impl Worker {
         // Files found changing, and when to look at them again.
         let mut hot = Hot::default();
         let mut next_full = Instant::now() + interval;
+        // Scans failed in a row; the paths of those that did, and when to try them again.
+        let mut failures = 0;
+        let mut failed: Option<(Instant, BTreeSet<String>)> = None;
         match self.full_scan() {
             Some(changing) => changing
                 .into_iter()
                 .for_each(|p| hot.defer(p, Instant::now())),
-            None => next_full = Instant::now() + RETRY_FAILED,
+            None => {
+                failures += 1;
+                next_full = Instant::now() + retry_failed(failures).min(interval);
+            }
         }
-        // Paths of a scan that failed, and when to try them again.
-        let mut failed: Option<(Instant, BTreeSet<String>)> = None;
         let mut pending = BTreeSet::new();
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
@@ -286,10 +300,16 @@ impl Worker {
                 hot = Hot::default();
                 next_full = Instant::now() + interval;
                 match self.full_scan() {
-                    Some(changing) => changing
-                        .into_iter()
-                        .for_each(|p| hot.defer(p, Instant::now())),
-                    None => next_full = Instant::now() + RETRY_FAILED,
+                    Some(changing) => {
+                        failures = 0;
+                        changing
+                            .into_iter()
+                            .for_each(|p| hot.defer(p, Instant::now()));
+                    }
+                    None => {
+                        failures += 1;
+                        next_full = Instant::now() + retry_failed(failures).min(interval);
+                    }
                 }
                 continue;
             }
@@ -337,12 +357,14 @@ impl Worker {
                         for p in changing {
                             hot.defer(p, Instant::now());
                         }
+                        failures = 0;
                         self.set_ok(report);
                     }
                     Err(e) => {
                         self.set_error(&e);
-                        let (_, retry) =
-                            failed.get_or_insert_with(|| (now + RETRY_FAILED, BTreeSet::new()));
+                        failures += 1;
+                        let at = now + retry_failed(failures);
+                        let (_, retry) = failed.get_or_insert_with(|| (at, BTreeSet::new()));
                         retry.extend(paths);
                     }
                 }
@@ -531,6 +553,14 @@ fn file_name(rel: &str) -> &str {
 #[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_scans_are_tried_again_ever_less_often() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_failed(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_failed(u32::MAX), RETRY_FAILED_MAX);
+        assert_eq!(retry_failed(0), RETRY_FAILED);
+    }
 
     #[test]
     fn an_event_path_is_made_relative_to_the_root_by_whole_components() {
