@@ -112,7 +112,8 @@ pub struct Index {
     broken: AtomicBool,
     path: PathBuf,
     seq: watch::Sender<u64>,
-    /// Counts stores of peers' entries, to wake whoever computes what this node needs.
+    /// Counts stores of peers' entries that may change what this node needs, to wake whoever
+    /// computes it.
     remote: watch::Sender<u64>,
     /// Bumped after every commit of local entries: what [`ChunkCache`] was filled under.
     generation: AtomicU64,
@@ -330,7 +331,12 @@ impl Index {
         self.seq.subscribe()
     }
 
-    /// Woken after every store of peers' entries ([`Index::put_remote`]).
+    /// Woken after a store of peers' entries ([`Index::put_remote`]) that may change what this
+    /// node needs: not when every entry stored, and the one it replaced, is one this node's own
+    /// version has seen — a peer saying it now has what this node has (every pulled file is
+    /// announced back so) changes nothing here. Planning anew for each such announcement made the
+    /// node a file came from re-plan its whole namespace once per batch the receiver recorded
+    /// (10,000 files: ~0.12 CPU-s of the sender's, during the transfer).
     pub fn subscribe_remote(&self) -> watch::Receiver<u64> {
         self.remote.subscribe()
     }
@@ -471,7 +477,9 @@ impl Index {
 
     fn store_remote(&self, peer: &PeerKey, entries: &[(String, Entry)]) -> Result<(), IndexError> {
         let txn = self.write_txn()?;
+        let mut news = false;
         {
+            let files = txn.open_table(FILES)?;
             let mut remote = txn.open_table(REMOTE)?;
             let mut seqs = txn.open_table(REMOTE_SEQ)?;
             let mut max = seqs.get(peer.as_slice())?.map_or(0, |v| v.value());
@@ -480,13 +488,27 @@ impl Index {
                 key.clear();
                 key.extend_from_slice(peer);
                 key.extend_from_slice(path.as_bytes());
-                remote.insert(key.as_slice(), encode(entry)?.as_slice())?;
+                let old = remote.insert(key.as_slice(), encode(entry)?.as_slice())?;
+                if !news {
+                    let old = old.map(|v| decode(v.value())).transpose()?;
+                    let local = files.get(path.as_str())?;
+                    let local = local.map(|v| decode(v.value())).transpose()?;
+                    news = match local {
+                        Some(local) => {
+                            !local.version.dominates(&entry.version)
+                                || old.is_some_and(|o| !local.version.dominates(&o.version))
+                        }
+                        None => true,
+                    };
+                }
                 max = max.max(entry.seq);
             }
             seqs.insert(peer.as_slice(), max)?;
         }
         txn.commit()?;
-        self.remote.send_modify(|n| *n += 1);
+        if news {
+            self.remote.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 

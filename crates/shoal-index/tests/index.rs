@@ -350,6 +350,40 @@ proptest! {
     }
 }
 
+#[test]
+fn only_peer_entries_that_may_change_what_is_needed_wake_the_puller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    const PEER_DEV: DeviceId = DeviceId(99);
+    let peer = [9u8; 32];
+    let with = |bumps: &[DeviceId]| {
+        let mut e = file(&[1]);
+        for &d in bumps {
+            e.version.bump(d, 0);
+        }
+        e
+    };
+    let mut b = index.batch();
+    b.put("a", file(&[1]));
+    b.commit().unwrap();
+    let mut woken = index.subscribe_remote();
+    let mut put = |path: &str, e: Entry| {
+        index.put_remote(&peer, &[(path.to_owned(), e)]).unwrap();
+        let changed = woken.has_changed().unwrap();
+        woken.borrow_and_update();
+        changed
+    };
+    // The peer now has what this node has: nothing to do here.
+    assert!(!put("a", file(&[1])));
+    // A path this node does not have, or a version it has not seen: the puller looks.
+    assert!(put("b", file(&[2])));
+    assert!(put("a", with(&[PEER_DEV])));
+    // Back to a version this node has seen; the one replaced was not: what was needed may be
+    // gone, so the puller looks again.
+    assert!(put("a", file(&[1])));
+    assert!(!put("a", file(&[1])));
+}
+
 /// A tmpfs of `size` mounted for one test, or `None` where this process may not mount one.
 struct Tmpfs {
     mnt: std::path::PathBuf,
