@@ -351,7 +351,7 @@ proptest! {
 }
 
 #[test]
-fn only_peer_entries_that_may_change_what_is_needed_wake_the_puller() {
+fn only_commits_that_may_change_what_is_needed_wake_the_puller() {
     let tmp = tempfile::tempdir().unwrap();
     let index = open(&tmp);
     const PEER_DEV: DeviceId = DeviceId(99);
@@ -363,25 +363,51 @@ fn only_peer_entries_that_may_change_what_is_needed_wake_the_puller() {
         }
         e
     };
-    let mut b = index.batch();
-    b.put("a", file(&[1]));
-    b.commit().unwrap();
-    let mut woken = index.subscribe_remote();
-    let mut put = |path: &str, e: Entry| {
-        index.put_remote(&peer, &[(path.to_owned(), e)]).unwrap();
+    let mut woken = index.subscribe_needs();
+    let mut woke = || {
         let changed = woken.has_changed().unwrap();
         woken.borrow_and_update();
         changed
     };
+    let theirs = |path: &str, e: Entry| index.put_remote(&peer, &[(path.to_owned(), e)]).unwrap();
+    let ours = |path: &str, e: Entry| {
+        let mut b = index.batch();
+        b.put(path, e);
+        b.commit().unwrap();
+    };
+    // Ours, no peer has it: nothing to pull.
+    ours("a", file(&[1]));
+    assert!(!woke());
     // The peer now has what this node has: nothing to do here.
-    assert!(!put("a", file(&[1])));
+    theirs("a", file(&[1]));
+    assert!(!woke());
     // A path this node does not have, or a version it has not seen: the puller looks.
-    assert!(put("b", file(&[2])));
-    assert!(put("a", with(&[PEER_DEV])));
+    theirs("b", file(&[2]));
+    assert!(woke());
+    theirs("a", with(&[PEER_DEV]));
+    assert!(woke());
     // Back to a version this node has seen; the one replaced was not: what was needed may be
     // gone, so the puller looks again.
-    assert!(put("a", file(&[1])));
-    assert!(!put("a", file(&[1])));
+    theirs("a", file(&[1]));
+    assert!(woke());
+    theirs("a", file(&[1]));
+    assert!(!woke());
+    // An edit of ours past what the peer has: nothing to pull.
+    ours("a", with(&[DEV]));
+    assert!(!woke());
+    // Recording what was pulled: the need it met is gone.
+    ours("b", with(&[DEV]));
+    assert!(woke());
+    ours("b", with(&[DEV, DEV]));
+    assert!(!woke());
+    // The peer edits; our own edit meanwhile is concurrent with it: a conflict to settle.
+    theirs("a", with(&[PEER_DEV]));
+    assert!(woke());
+    ours("a", with(&[DEV, DEV, DEV]));
+    assert!(woke());
+    // Outside the index: the ignore list changed.
+    index.needs_changed();
+    assert!(woke());
 }
 
 /// A tmpfs of `size` mounted for one test, or `None` where this process may not mount one.

@@ -180,6 +180,8 @@ impl Scanner {
         }
         let n = list.len();
         *self.ignore.write().unwrap_or_else(|p| p.into_inner()) = list.with_defaults();
+        // Peers' files no longer ignored are wanted now (and newly ignored ones no longer).
+        self.index.needs_changed();
         n
     }
 

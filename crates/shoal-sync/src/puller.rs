@@ -281,8 +281,7 @@ async fn clean_archive(config: Arc<PullerConfig>, mut stop: watch::Receiver<bool
 /// Waits for changes (a peer's index, or ours), plans, pulls; retries what failed with backoff.
 async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let index = config.scanner.index().clone();
-    let mut remote = index.subscribe_remote();
-    let mut local = index.subscribe();
+    let mut changes = index.subscribe_needs();
     let mut backoff = Duration::from_secs(1);
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut paused: Option<Paused> = None;
@@ -295,8 +294,7 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
         }
     }
     loop {
-        remote.borrow_and_update();
-        local.borrow_and_update();
+        changes.borrow_and_update();
         let planned = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
@@ -418,8 +416,7 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
             };
             tokio::select! {
                 r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-                r = remote.changed() => if r.is_err() { return },
-                r = local.changed() => if r.is_err() { return },
+                r = changes.changed() => if r.is_err() { return },
                 () = retry => retry_at = None,
             }
             // Paused for a full disk: plan again only once the smallest file left fits (or a
