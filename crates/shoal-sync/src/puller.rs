@@ -1631,6 +1631,20 @@ fn preallocate(file: &File, have: u64, size: u64) -> io::Result<()> {
     }
 }
 
+/// True when `len` bytes at `offset` of `file` lie in a hole (`SEEK_DATA` finds no data before
+/// their end). False when it cannot tell.
+fn never_written(file: &File, offset: u64, len: u32) -> bool {
+    use nix::unistd::{Whence, lseek};
+    let Ok(at) = i64::try_from(offset) else {
+        return false;
+    };
+    match lseek(file, at, Whence::SeekData) {
+        Ok(data) => u64::try_from(data).is_ok_and(|d| d >= offset + u64::from(len)),
+        Err(nix::errno::Errno::ENXIO) => true,
+        Err(_) => false,
+    }
+}
+
 /// Fills one temporary from local files.
 struct Copier<'a> {
     config: &'a PullerConfig,
@@ -1658,7 +1672,14 @@ impl<'a> Copier<'a> {
     }
 
     /// The temporary already holds `chunk` (an interrupted transfer being resumed).
+    /// Whether the temporary being resumed holds `chunk`. One lying wholly in a hole was never
+    /// written (the temporary is preallocated, and file systems show blocks reserved but never
+    /// written as holes): not read, so resuming a large download reads what it had, not the
+    /// whole file.
     fn already_there(&mut self, chunk: &shoal_core::chunk::Chunk) -> bool {
+        if never_written(self.file, chunk.offset, chunk.len) {
+            return false;
+        }
         self.buf.resize(chunk.len as usize, 0);
         self.file.read_exact_at(&mut self.buf, chunk.offset).is_ok()
             && Hash::of(&self.buf) == chunk.hash
@@ -2308,6 +2329,13 @@ mod tests {
         // Reserved, not sparse (where the file system can preallocate at all).
         if meta.blocks() > 8 {
             assert!(meta.blocks() * 512 >= 8 << 20, "{} blocks", meta.blocks());
+        }
+        // What was written is data; the reserved rest reads as a hole where the file system
+        // says so (then nothing in it is read on resuming).
+        assert!(!never_written(&file, 0, 15));
+        assert!(!never_written(&file, 10, 1 << 20));
+        if never_written(&file, 4 << 20, 1 << 20) {
+            assert!(never_written(&file, (8 << 20) - 10, 10));
         }
         // Nothing to reserve: nothing changes.
         must(preallocate(&file, 8 << 20, 8 << 20));
