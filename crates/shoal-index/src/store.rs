@@ -501,13 +501,8 @@ impl Index {
                     let old = old.map(|v| decode(v.value())).transpose()?;
                     let local = files.get(path.as_str())?;
                     let local = local.map(|v| decode(v.value())).transpose()?;
-                    news = match local {
-                        Some(local) => {
-                            !local.version.dominates(&entry.version)
-                                || old.is_some_and(|o| !local.version.dominates(&o.version))
-                        }
-                        None => true,
-                    };
+                    news = unseen(local.as_ref(), entry)
+                        || old.is_some_and(|o| unseen(local.as_ref(), &o));
                 }
                 max = max.max(entry.seq);
             }
@@ -793,10 +788,8 @@ impl Batch<'_> {
                             key.extend_from_slice(path.as_bytes());
                             if let Some(theirs) = remote.get(key.as_slice())? {
                                 let theirs = decode(theirs.value())?;
-                                news = !entry.version.dominates(&theirs.version)
-                                    || old
-                                        .as_ref()
-                                        .is_none_or(|o| !o.version.dominates(&theirs.version));
+                                news =
+                                    unseen(Some(&entry), &theirs) || unseen(old.as_ref(), &theirs);
                             }
                         }
                         if let Some(old) = &old {
@@ -844,6 +837,12 @@ impl Batch<'_> {
         }
         Ok(max_seq)
     }
+}
+
+/// A peer's entry that `ours` (this node's entry for the path, if any) has not seen: one that may
+/// make this node need something (see [`Index::subscribe_needs`]).
+fn unseen(ours: Option<&Entry>, theirs: &Entry) -> bool {
+    ours.is_none_or(|o| !o.version.dominates(&theirs.version))
 }
 
 fn open_db(path: &Path) -> Result<Database, IndexError> {

@@ -216,19 +216,11 @@ impl Worker {
         let mut interval = self.interval(watcher.is_some());
         // Files found changing, and when to look at them again.
         let mut hot = Hot::default();
-        let mut next_full = Instant::now() + interval;
+        // The first full scan is due at once (the loop runs it).
+        let mut next_full = Instant::now();
         // Scans failed in a row; the paths of those that did, and when to try them again.
         let mut failures = 0;
         let mut failed: Option<(Instant, BTreeSet<String>)> = None;
-        match self.full_scan() {
-            Some(changing) => changing
-                .into_iter()
-                .for_each(|p| hot.defer(p, Instant::now())),
-            None => {
-                failures += 1;
-                next_full = Instant::now() + retry_failed(failures).min(interval);
-            }
-        }
         let mut pending = BTreeSet::new();
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();

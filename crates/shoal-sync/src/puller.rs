@@ -1604,9 +1604,9 @@ fn copy_local(
 /// the fit check found is then the file's, whoever else writes to the disk meanwhile, and chunks
 /// written in any order land in blocks already allocated (on ext4, 1 GiB written in shuffled
 /// 1 MiB pieces took 0.22 CPU-s, and 1.2–1.7 s in half the runs, without; 0.14 s with). The size
-/// is set at once; what was never written reads as zeros, which no chunk's hash matches unless
-/// the chunk is zeros, so a resumed download still checks every chunk. A file system that cannot
-/// preallocate is written as before. No room is the disk-full error, the reservation given back.
+/// is set at once; what was never written is a hole (see [`never_written`]), so a resumed
+/// download checks only the chunks it had written. A file system that cannot preallocate is
+/// written as before. No room is the disk-full error, the reservation given back.
 fn preallocate(file: &File, have: u64, size: u64) -> io::Result<()> {
     use nix::fcntl::{FallocateFlags, fallocate};
     let (Ok(offset), Ok(len)) = (
@@ -1671,7 +1671,6 @@ impl<'a> Copier<'a> {
         }
     }
 
-    /// The temporary already holds `chunk` (an interrupted transfer being resumed).
     /// Whether the temporary being resumed holds `chunk`. One lying wholly in a hole was never
     /// written (the temporary is preallocated, and file systems show blocks reserved but never
     /// written as holes): not read, so resuming a large download reads what it had, not the
