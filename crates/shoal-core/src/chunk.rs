@@ -310,6 +310,22 @@ pub fn chunk_in_parallel<E: Send>(
     threads: usize,
     read_exact_at: &ReadAt<'_, E>,
 ) -> Result<Vec<Chunk>, E> {
+    chunk_in_parallel_seen(len, threads, read_exact_at, &|_| {})
+}
+
+/// Chunks as they are found: called from every chunking thread, in each segment's order.
+pub type Seen<'a> = dyn Fn(&[Chunk]) + Sync + 'a;
+
+/// [`chunk_in_parallel`], telling `seen` of chunks as each segment finds them (before the
+/// segments are stitched together): every chunk of the result is told, in order within its
+/// segment, and so are the few near a stitch that the result replaces. For a node to offer a
+/// large file's first chunks while it is still reading the rest.
+pub fn chunk_in_parallel_seen<E: Send>(
+    len: u64,
+    threads: usize,
+    read_exact_at: &ReadAt<'_, E>,
+    seen: &Seen<'_>,
+) -> Result<Vec<Chunk>, E> {
     let threads = threads.clamp(1, 64) as u64;
     let step = len.div_ceil(threads).max(1);
     let bounds: Vec<(u64, u64)> = (0..threads)
@@ -319,7 +335,7 @@ pub fn chunk_in_parallel<E: Send>(
     if bounds.is_empty() {
         return Ok(Vec::new());
     }
-    let pieces = on_threads(&bounds, |&(a, b)| chunk_range(a, b, read_exact_at));
+    let pieces = on_threads(&bounds, |&(a, b)| chunk_range(a, b, read_exact_at, seen));
     let mut pieces = pieces.into_iter().collect::<Result<Vec<_>, E>>()?;
     // Every segment's last chunk ends where the segment was cut, not where the content says.
     // Cuts of every segment but the first (their last chunks' ends excepted): offset ->
@@ -357,10 +373,15 @@ pub fn chunk_in_parallel<E: Send>(
         } else {
             hasher.finish()
         };
-        out.extend(redone.into_iter().map(|mut c| {
-            c.offset += open.offset;
-            c
-        }));
+        let redone: Vec<Chunk> = redone
+            .into_iter()
+            .map(|mut c| {
+                c.offset += open.offset;
+                c
+            })
+            .collect();
+        seen(&redone);
+        out.extend(redone);
         match synced {
             Some((s, i)) => {
                 out.extend(pieces[s].drain(i + 1..));
@@ -372,17 +393,38 @@ pub fn chunk_in_parallel<E: Send>(
     Ok(out)
 }
 
-fn chunk_range<E>(start: u64, end: u64, read_exact_at: &ReadAt<'_, E>) -> Result<Vec<Chunk>, E> {
+fn chunk_range<E>(
+    start: u64,
+    end: u64,
+    read_exact_at: &ReadAt<'_, E>,
+    seen: &Seen<'_>,
+) -> Result<Vec<Chunk>, E> {
     let mut hasher = ChunkHasher::new();
     let mut buf = vec![0u8; PARALLEL_READ.min((end - start) as usize)];
     let mut at = start;
+    let mut told = 0;
+    let mut tell = |chunks: &[Chunk]| {
+        if chunks.len() > told {
+            let fresh: Vec<Chunk> = chunks[told..]
+                .iter()
+                .map(|c| Chunk {
+                    offset: c.offset + start,
+                    ..*c
+                })
+                .collect();
+            told = chunks.len();
+            seen(&fresh);
+        }
+    };
     while at < end {
         let n = (buf.len() as u64).min(end - at) as usize;
         read_exact_at(at, &mut buf[..n])?;
         hasher.update(&buf[..n]);
         at += n as u64;
+        tell(&hasher.chunks);
     }
     let mut chunks = hasher.finish();
+    tell(&chunks);
     for c in &mut chunks {
         c.offset += start;
     }
@@ -412,7 +454,19 @@ pub fn rechunk<E: Send>(
     threads: usize,
     read_exact_at: &ReadAt<'_, E>,
 ) -> Result<Vec<Chunk>, E> {
-    Ok(rechunk_counted(old, len, threads, read_exact_at)?.0)
+    Ok(rechunk_counted(old, len, threads, read_exact_at, &|_| {})?.0)
+}
+
+/// [`rechunk`], telling `seen` of the chunks as they are found when the file is mostly unlike
+/// its old chunks and chunked anew (see [`chunk_in_parallel_seen`]; nothing otherwise).
+pub fn rechunk_seen<E: Send>(
+    old: &[Chunk],
+    len: u64,
+    threads: usize,
+    read_exact_at: &ReadAt<'_, E>,
+    seen: &Seen<'_>,
+) -> Result<Vec<Chunk>, E> {
+    Ok(rechunk_counted(old, len, threads, read_exact_at, seen)?.0)
 }
 
 /// [`rechunk`], and how many bytes went through the gear hash (`len` when it fell back).
@@ -421,12 +475,16 @@ fn rechunk_counted<E: Send>(
     len: u64,
     threads: usize,
     read_exact_at: &ReadAt<'_, E>,
+    seen: &Seen<'_>,
 ) -> Result<(Vec<Chunk>, u64), E> {
     let old_len = old.last().map_or(0, |c| c.offset + u64::from(c.len));
     // Usable as a cut: every old chunk but a last one that ends before the new file does.
     let usable = |j: usize, end: u64| j + 1 < old.len() || end == len;
     if mostly_moved(old, len, read_exact_at)? {
-        return Ok((chunk_in_parallel(len, threads, read_exact_at)?, len));
+        return Ok((
+            chunk_in_parallel_seen(len, threads, read_exact_at, seen)?,
+            len,
+        ));
     }
     let same = unchanged_in_place(old, len, threads, read_exact_at)?;
     let same_bytes: u64 = old
@@ -436,7 +494,10 @@ fn rechunk_counted<E: Send>(
         .map(|(c, _)| u64::from(c.len))
         .sum();
     if same_bytes * 2 < len.min(old_len) || old.is_empty() {
-        return Ok((chunk_in_parallel(len, threads, read_exact_at)?, len));
+        return Ok((
+            chunk_in_parallel_seen(len, threads, read_exact_at, seen)?,
+            len,
+        ));
     }
     let mut rolled = 0u64;
     let start_of: std::collections::HashMap<u64, usize> =

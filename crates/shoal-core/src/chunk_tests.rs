@@ -127,6 +127,45 @@ fn chunking_in_parallel_gives_the_same_chunks_as_in_order() {
     assert_eq!(in_parallel(&[1, 2, 3], 4), chunk_bytes(&[1, 2, 3]));
 }
 
+#[test]
+fn chunks_seen_while_chunking_in_parallel_include_every_chunk_and_are_all_real() {
+    let mut mixed = noise(9 << 20, 5);
+    mixed[2 << 20..5 << 20].fill(0);
+    // On noise segments agree within a few chunks; on zeros they never do (see
+    // `chunk_in_parallel`): everything after the first segment is told twice.
+    for (data, few) in [
+        (noise(23 << 20, 21), true),
+        (mixed, false),
+        (vec![0u8; (3 << 20) + 5], false),
+    ] {
+        let read = |at: u64, buf: &mut [u8]| -> Result<(), ()> {
+            let at = at as usize;
+            buf.copy_from_slice(&data[at..at + buf.len()]);
+            Ok(())
+        };
+        for threads in [1, 2, 3] {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let told = |chunks: &[Chunk]| seen.lock().unwrap().extend_from_slice(chunks);
+            let chunks = chunk_in_parallel_seen(data.len() as u64, threads, &read, &told).unwrap();
+            assert_eq!(chunks, chunk_bytes(&data), "{threads} threads");
+            let seen = seen.into_inner().unwrap();
+            for c in &chunks {
+                assert!(seen.contains(c), "{c:?} never told ({threads} threads)");
+            }
+            // Those the stitch replaced are real chunks of the bytes too, and few.
+            for c in &seen {
+                let bytes = &data[c.offset as usize..(c.offset + u64::from(c.len)) as usize];
+                assert_eq!(Hash::of(bytes), c.hash);
+            }
+            let extra = seen.iter().filter(|c| !chunks.contains(c)).count();
+            assert!(
+                !few || extra <= 4 * threads,
+                "{extra} chunks told that are not the file's ({threads} threads)"
+            );
+        }
+    }
+}
+
 fn rechunked(old: &[u8], new: &[u8], threads: usize) -> Vec<Chunk> {
     rechunked_rolling(old, new, threads).0
 }
@@ -147,7 +186,7 @@ fn rechunked_reading(old: &[u8], new: &[u8], threads: usize) -> (Vec<Chunk>, u64
         Ok(())
     };
     let (chunks, rolled) =
-        rechunk_counted(&chunk_bytes(old), new.len() as u64, threads, &at).unwrap();
+        rechunk_counted(&chunk_bytes(old), new.len() as u64, threads, &at, &|_| {}).unwrap();
     (chunks, rolled, read.into_inner())
 }
 

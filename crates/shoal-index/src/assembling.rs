@@ -1,7 +1,9 @@
 //! Chunks this node holds only in the temporaries of files it is still assembling: verified on
 //! arrival and written, but not in the index until the file is complete. Peers pulling the same
 //! file are told of them (`Have`) and may ask for them, so that a file going to many nodes at once
-//! is passed on among them rather than sent whole by its source to each.
+//! is passed on among them rather than sent whole by its source to each. The chunks of a large
+//! file this node is still indexing are kept here too, while it previews them to peers
+//! (`Preview`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +21,9 @@ pub struct Piece {
     pub temp: Arc<Path>,
     pub offset: u64,
     pub len: u32,
+    /// Hash it again before serving it: it is in a live file being indexed (a preview), which
+    /// may change under the reader, not in a temporary only this node writes.
+    pub verify: bool,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +81,7 @@ mod tests {
             temp: Path::new(temp).into(),
             offset,
             len: 10,
+            verify: false,
         }
     }
 

@@ -15,4 +15,4 @@ mod store;
 pub use assembling::{ASSEMBLING_MAX, Piece};
 pub use entry::{ChunkRef, DiskStat, Entry, Kind, LocalStat, Stamp};
 pub use error::IndexError;
-pub use store::{Batch, ChunkLocation, Counts, Index, PeerKey, SCHEMA};
+pub use store::{Batch, ChunkLocation, Counts, Index, PeerKey, Preview, SCHEMA};

@@ -22,9 +22,9 @@ use redb::{
     Database, MultimapTableDefinition, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
-use shoal_core::chunk::Hash;
+use shoal_core::chunk::{Chunk, Hash};
 use shoal_core::secret::ShareId;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::assembling::{Assembling, Piece};
@@ -120,6 +120,22 @@ pub struct Index {
     chunk_cache: Mutex<ChunkCache>,
     /// Chunks in the temporaries of files being assembled (see [`crate::assembling`]).
     assembling: Mutex<Assembling>,
+    /// This node's previews of large files being indexed, and its peers'.
+    previews: broadcast::Sender<Arc<Preview>>,
+    peer_previews: broadcast::Sender<Arc<Preview>>,
+}
+
+/// Previews queued per subscriber before the oldest are dropped (each up to 256 chunks).
+const PREVIEWS_QUEUED: usize = 1024;
+
+/// Chunks of a new file found so far while it is still being indexed (`Preview` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// The peer that sent it; `None` for this node's own.
+    pub from: Option<PeerKey>,
+    pub path: String,
+    pub size: u64,
+    pub chunks: Vec<Chunk>,
 }
 
 /// Entries with this many chunks or more (16 MiB and up) are kept decoded by [`ChunkCache`].
@@ -270,6 +286,8 @@ impl Index {
             needs,
             generation: AtomicU64::new(0),
             chunk_cache: Mutex::default(),
+            previews: broadcast::channel(PREVIEWS_QUEUED).0,
+            peer_previews: broadcast::channel(PREVIEWS_QUEUED).0,
             assembling: Mutex::default(),
         })
     }
@@ -593,7 +611,10 @@ impl Index {
         let piece = lock(&self.assembling).get(hash)?;
         let mut file = open_nofollow(&piece.temp)?;
         let mut buf = head(piece.len as usize);
-        read_after(&mut file, piece.offset, piece.len, &mut buf).then_some(buf)
+        let start = buf.len();
+        (read_after(&mut file, piece.offset, piece.len, &mut buf)
+            && (!piece.verify || Hash::of(&buf[start..]) == *hash))
+            .then_some(buf)
     }
 
     /// Records that the temporary `temp` of a file being assembled holds chunk `hash` at
@@ -606,8 +627,58 @@ impl Index {
                 temp: temp.clone(),
                 offset,
                 len,
+                verify: false,
             },
         )
+    }
+
+    /// This node is indexing the new file `path` (at `abs`, `size` bytes) and has found `chunks`
+    /// of it so far: they are served from the file (hashed again, as it may change) until
+    /// [`Index::assembled`]`(abs)`, and told to whoever [`Index::subscribe_previews`] (the peer
+    /// layer, which tells the peers: `Preview`).
+    pub fn preview(&self, abs: &Arc<Path>, path: &str, size: u64, chunks: &[Chunk]) {
+        {
+            let mut assembling = lock(&self.assembling);
+            for c in chunks {
+                assembling.add(
+                    c.hash,
+                    Piece {
+                        temp: abs.clone(),
+                        offset: c.offset,
+                        len: c.len,
+                        verify: true,
+                    },
+                );
+            }
+        }
+        let _ = self.previews.send(Arc::new(Preview {
+            from: None,
+            path: path.to_owned(),
+            size,
+            chunks: chunks.to_vec(),
+        }));
+    }
+
+    /// Peer `from` previewed chunks of a new file (see [`Index::preview`]): told to whoever
+    /// [`Index::subscribe_peer_previews`] (the puller, which may fetch them ahead of the record).
+    pub fn previewed(&self, from: PeerKey, path: String, size: u64, chunks: Vec<Chunk>) {
+        let _ = self.peer_previews.send(Arc::new(Preview {
+            from: Some(from),
+            path,
+            size,
+            chunks,
+        }));
+    }
+
+    /// This node's previews, as [`Index::preview`] makes them. A receiver that lags loses the
+    /// oldest (a preview is only a head start).
+    pub fn subscribe_previews(&self) -> broadcast::Receiver<Arc<Preview>> {
+        self.previews.subscribe()
+    }
+
+    /// Peers' previews, as [`Index::previewed`] hands them on.
+    pub fn subscribe_peer_previews(&self) -> broadcast::Receiver<Arc<Preview>> {
+        self.peer_previews.subscribe()
     }
 
     /// Forgets the chunks recorded in `temp` (it was renamed into place, or removed).

@@ -314,6 +314,23 @@ mod tests {
             share_id,
             hashes: vec![[3; 32]; crate::MAX_HAVE],
         });
+        let preview = Message::Preview {
+            share_id,
+            path: "dir/big.iso".into(),
+            size: 1 << 40,
+            chunks: vec![
+                crate::PreviewChunk {
+                    offset: u64::MAX - 5,
+                    len: u32::MAX,
+                    hash: [4; 32],
+                };
+                crate::MAX_PREVIEW
+            ],
+        };
+        // A full preview is a control message, well within the control frame limit.
+        assert!(!preview.is_bulk());
+        assert!(encode(&preview).unwrap().len() < MAX_CONTROL_FRAME / 4);
+        check(preview);
     }
 
     #[test]

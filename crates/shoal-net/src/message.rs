@@ -22,8 +22,13 @@ use shoal_core::secret::ShareId;
 use crate::identity::NodeId;
 use crate::wire;
 
-/// The protocol version sent in [`Hello`]; peers with a different one are refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version sent in [`Hello`]. Version 3 added [`Message::Preview`], which is sent
+/// only to peers that speak it.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest version still spoken: peers with an older (or a newer) one are refused.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// Most chunks one `Preview` carries.
+pub const MAX_PREVIEW: usize = 256;
 /// Most chunk hashes one `Have` carries.
 pub const MAX_HAVE: usize = 1024;
 /// Largest chunk a `ChunkData` may carry.
@@ -46,7 +51,7 @@ pub struct Hello {
     pub listen_port: u16,
 }
 
-/// Every message of protocol version 2.
+/// Every message of protocol version 3 (version 2: all but `Preview`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Hello(Hello),
@@ -121,6 +126,27 @@ pub enum Message {
         share_id: ShareId,
         hashes: Vec<[u8; 32]>,
     },
+    /// Since protocol 3. "I am reading new file `path` of `share_id` (`size` bytes); these are
+    /// chunks of it found so far." Sent while a large file is still being indexed, before its
+    /// record exists: peers may start fetching the chunks then, and keep what they fetched once
+    /// the signed record arrives and lists them. Only a hint: nothing is changed on its word, and
+    /// every chunk is verified by its hash.
+    Preview {
+        #[serde(with = "wire::share_id")]
+        share_id: ShareId,
+        path: String,
+        size: u64,
+        chunks: Vec<PreviewChunk>,
+    },
+}
+
+/// One chunk of a [`Message::Preview`]: where it is in the file, and its BLAKE3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewChunk {
+    pub offset: u64,
+    pub len: u32,
+    #[serde(with = "wire::array")]
+    pub hash: [u8; 32],
 }
 
 impl Message {
@@ -161,6 +187,7 @@ impl Message {
             Message::Close { .. } => "Close",
             Message::Ping => "Ping",
             Message::Have { .. } => "Have",
+            Message::Preview { .. } => "Preview",
         }
     }
 }

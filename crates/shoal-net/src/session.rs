@@ -23,7 +23,7 @@ use crate::conn::{Connection, Event};
 use crate::frame::{self, FrameError};
 use crate::identity::NodeId;
 use crate::join::{EXPORTER_LABEL, JoinContext};
-use crate::message::{Hello, MAX_DEVICE_NAME, Message, PROTOCOL_VERSION};
+use crate::message::{Hello, MAX_DEVICE_NAME, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION};
 use crate::tls::{self, SERVER_NAME, TlsError, TlsSetup};
 
 /// How long TCP connect, TLS and the `Hello` exchange may take together.
@@ -161,9 +161,9 @@ async fn finish(
         }
         None => return Err(SessionError::Refused("closed before Hello".into())),
     };
-    if theirs.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&theirs.version) {
         let reason = format!(
-            "unsupported protocol version {} (we speak {PROTOCOL_VERSION})",
+            "unsupported protocol version {} (we speak {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             theirs.version
         );
         return refuse(stream, reason).await;

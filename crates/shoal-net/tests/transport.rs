@@ -9,8 +9,8 @@ use shoal_net::frame::{self, FrameError};
 use shoal_net::join::REFUSED;
 use shoal_net::message::MAX_CHUNK;
 use shoal_net::{
-    Closed, Connection, Event, Hello, Message, NodeIdentity, PROTOCOL_VERSION, RecordError,
-    Session, SessionError, SignedRecord, TlsSetup,
+    Closed, Connection, Event, Hello, MIN_PROTOCOL_VERSION, Message, NodeIdentity,
+    PROTOCOL_VERSION, RecordError, Session, SessionError, SignedRecord, TlsSetup,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -77,6 +77,30 @@ async fn two_nodes_handshake_and_exchange_hello() {
         shoal_net::keep_new_connection(b.peer, a.peer, true),
         shoal_net::keep_new_connection(a.peer, b.peer, true)
     );
+}
+
+#[tokio::test]
+async fn a_peer_speaking_the_previous_version_is_accepted_and_others_are_refused() {
+    for (version, accepted) in [
+        (MIN_PROTOCOL_VERSION - 1, false),
+        (MIN_PROTOCOL_VERSION, true),
+        (PROTOCOL_VERSION, true),
+        (PROTOCOL_VERSION + 1, false),
+    ] {
+        let (mut a, b) = (node("alpha"), node("beta"));
+        a.hello.version = version;
+        let (addr, accepting) = listen(b).await;
+        let dialed = shoal_net::connect(&a.setup, addr, None, &a.hello).await;
+        let accepted_there = accepting.await.unwrap();
+        assert_eq!(accepted_there.is_ok(), accepted, "version {version}");
+        match accepted_there {
+            Ok(session) => assert_eq!(session.hello.version, version),
+            Err(e) => assert!(e.to_string().contains("protocol version"), "{e}"),
+        }
+        if accepted {
+            assert!(dialed.is_ok());
+        }
+    }
 }
 
 #[tokio::test]

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use shoal_core::chunk::Hash;
+use shoal_core::chunk::{Chunk, Hash};
 use shoal_core::secret::{Secret, ShareId};
 use shoal_index::{Entry, Index};
 use shoal_net::backoff::Backoff;
 use shoal_net::{
-    Closed, Connection, Event, Hello, MAX_HAVE, Message, NodeId, NodeIdentity, PROTOCOL_VERSION,
-    Session, TlsSetup,
+    Closed, Connection, Event, Hello, MAX_HAVE, MAX_PREVIEW, Message, NodeId, NodeIdentity,
+    PROTOCOL_VERSION, PreviewChunk, Session, TlsSetup,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -150,6 +150,8 @@ enum Cmd {
     Fetch(Fetch),
     /// This node now holds these chunks of files being assembled: tell the share's members.
     Have(ShareId, Vec<Hash>),
+    /// This node is indexing a large new file: tell the share's members what it found so far.
+    Preview(ShareId, Arc<shoal_index::Preview>),
 }
 
 /// A request for one chunk of `share` from one of `sources`.
@@ -353,6 +355,19 @@ struct ShareState {
     former: HashMap<NodeId, Former>,
     /// Chunks members hold in files they are still assembling.
     hints: Hints,
+    /// Hands this node's previews of large files being indexed to the manager (read-write
+    /// holders only: a read-only holder's files never become records). Held to end with it.
+    #[allow(dead_code, reason = "held only for its Drop, which ends the task")]
+    previews: Option<Aborting>,
+}
+
+/// A task that ends with its owner.
+struct Aborting(JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The last that was known of a disconnected member.
@@ -383,6 +398,8 @@ struct SessionState {
     addr: SocketAddr,
     /// Where the peer accepts connections (its address with its `listen_port`), for peer exchange.
     listen_addr: Option<SocketAddr>,
+    /// The protocol version it speaks (from its `Hello`).
+    version: u32,
     outgoing: bool,
     /// The address we dialed, to redial when the session ends.
     dialed: Option<SocketAddr>,
@@ -643,6 +660,42 @@ impl Manager {
         }
     }
 
+    /// Tells every member of `share` that speaks protocol 3 what this node found so far of a large
+    /// file it is indexing. A member whose control queue is full misses it (it then fetches the
+    /// file once its record arrives).
+    fn announce_preview(&self, share: ShareId, preview: &shoal_index::Preview) {
+        let Some(state) = self.shares.get(&share) else {
+            return;
+        };
+        let speaking: Vec<&SessionState> = state
+            .members
+            .iter()
+            .filter_map(|sid| self.sessions.get(sid))
+            .filter(|s| s.version >= 3)
+            .collect();
+        if speaking.is_empty() {
+            return;
+        }
+        for part in preview.chunks.chunks(MAX_PREVIEW) {
+            let message = Message::Preview {
+                share_id: share,
+                path: preview.path.clone(),
+                size: preview.size,
+                chunks: part
+                    .iter()
+                    .map(|c| PreviewChunk {
+                        offset: c.offset,
+                        len: c.len,
+                        hash: c.hash.0,
+                    })
+                    .collect(),
+            };
+            for s in &speaking {
+                let _ = s.conn.try_send(&message);
+            }
+        }
+    }
+
     /// Queues a chunk request from a member with the session's server (see [`chunks::Server`]).
     fn serve_chunk(&self, session: u64, share: ShareId, hash: Hash, id: u64) {
         let (Some(s), Some(state)) = (self.sessions.get(&session), self.shares.get(&share)) else {
@@ -756,6 +809,7 @@ impl Manager {
             }
             Cmd::Fetch(fetch) => self.start_fetch(fetch),
             Cmd::Have(share, hashes) => self.announce_have(share, hashes),
+            Cmd::Preview(share, preview) => self.announce_preview(share, &preview),
             Cmd::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -821,6 +875,23 @@ impl Manager {
             });
         }
         let ro = share.secret.read_only();
+        let previews = share.secret.is_read_write().then(|| {
+            let mut previews = share.index.subscribe_previews();
+            let tx = self.tx.clone();
+            Aborting(tokio::spawn(async move {
+                loop {
+                    match previews.recv().await {
+                        Ok(p) => {
+                            if tx.send(Cmd::Preview(id, p)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }))
+        });
         self.shares.insert(
             id,
             ShareState {
@@ -828,6 +899,7 @@ impl Manager {
                 members: HashSet::new(),
                 former: HashMap::new(),
                 hints: Hints::default(),
+                previews,
             },
         );
         for s in self.sessions.values() {
@@ -941,6 +1013,7 @@ impl Manager {
                 device_name: hello.device_name,
                 addr,
                 listen_addr,
+                version: hello.version,
                 outgoing,
                 dialed,
                 conn,
@@ -1158,6 +1231,35 @@ impl Manager {
                     state
                         .hints
                         .add(id, hashes.into_iter().take(MAX_HAVE).map(Hash));
+                }
+            }
+            Message::Preview {
+                share_id,
+                path,
+                size,
+                chunks,
+            } => {
+                if !s.shares.contains_key(&share_id) {
+                    warn!(peer = %s.peer.short(), "preview for a namespace it has not joined; closing");
+                    self.drop_session(id, Some("Preview for a namespace not joined"))
+                        .await;
+                    return;
+                }
+                if !record::safe_path(&path) {
+                    debug!(peer = %s.peer.short(), "preview of an unsafe path ignored");
+                    return;
+                }
+                if let Some(state) = self.shares.get(&share_id) {
+                    let chunks = chunks
+                        .into_iter()
+                        .take(MAX_PREVIEW)
+                        .map(|c| Chunk {
+                            offset: c.offset,
+                            len: c.len,
+                            hash: Hash(c.hash),
+                        })
+                        .collect();
+                    state.share.index.previewed(s.peer.0, path, size, chunks);
                 }
             }
             Message::ChunkData { id: req, bytes } => self.answer(id, req, Ok(bytes)),

@@ -11,7 +11,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use shoal_core::chunk::{Chunk, ChunkHasher, Hash, chunk_in_parallel, file_hash, rechunk};
+use shoal_core::chunk::{
+    Chunk, ChunkHasher, Hash, Seen, chunk_in_parallel_seen, file_hash, rechunk_seen,
+};
 use shoal_index::{ChunkRef, Kind};
 
 use crate::progress::Progress;
@@ -40,10 +42,12 @@ pub enum Hashed {
 
 /// Hashes the file at `abs`. `previous`: its chunks as last indexed, if it is large enough for
 /// them to be worth checking first (see [`rechunk`]; the scanner passes them from
-/// [`PARALLEL_MIN`] on).
+/// [`PARALLEL_MIN`] on). `seen` is told the chunks of a file read on every core as they are
+/// found, when it is chunked anew (see [`rechunk_seen`]).
 pub fn hash_file(
     abs: &Path,
     previous: Option<&[Chunk]>,
+    seen: Option<&Seen<'_>>,
     progress: &Progress,
     stop: &AtomicBool,
 ) -> io::Result<Hashed> {
@@ -63,7 +67,7 @@ pub fn hash_file(
             _ => return Ok(Hashed::Vanished),
         };
         let read = if before.size >= PARALLEL_MIN && cores() > 1 {
-            read_in_parallel(&file, before, previous, progress, stop)
+            read_in_parallel(&file, before, previous, seen, progress, stop)
         } else {
             read_in_order(&mut file, before, &mut buf, progress, stop)
         };
@@ -175,6 +179,7 @@ fn read_in_parallel(
     file: &File,
     before: DiskStat,
     previous: Option<&[Chunk]>,
+    seen: Option<&Seen<'_>>,
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<(Vec<shoal_core::chunk::Chunk>, u64), Cut> {
@@ -199,9 +204,10 @@ fn read_in_parallel(
             Err(e) => Err(Cut::Io(e)),
         }
     };
+    let seen = seen.unwrap_or(&|_| {});
     let chunks = match previous {
-        Some(old) if !old.is_empty() => rechunk(old, before.size, cores(), &read)?,
-        _ => chunk_in_parallel(before.size, cores(), &read)?,
+        Some(old) if !old.is_empty() => rechunk_seen(old, before.size, cores(), &read, seen)?,
+        _ => chunk_in_parallel_seen(before.size, cores(), &read, seen)?,
     };
     Ok((chunks, before.size))
 }

@@ -333,6 +333,11 @@ impl Scanner {
         let mut last_log = Instant::now();
         let mut to_hash = Vec::new();
         let now = unix_secs();
+        // Served from the files themselves while previewed; from the index once committed.
+        let previewed = Previewed {
+            index: &self.index,
+            files: Mutex::new(Vec::new()),
+        };
         for action in actions {
             match action {
                 Action::Tombstone(path) => {
@@ -412,12 +417,23 @@ impl Scanner {
                 .par_iter()
                 .map(|d| {
                     let previous = self.previous_chunks(d);
+                    let at: Arc<Path> = abs(&self.root, &d.path).into();
+                    // A large file's chunks are previewed to peers as they are found (only
+                    // those read on every core: from PARALLEL_MIN on).
+                    let large = d.stat.size >= crate::hash::PARALLEL_MIN;
+                    let tell = |chunks: &[shoal_core::chunk::Chunk]| {
+                        self.index.preview(&at, &d.path, d.stat.size, chunks);
+                    };
                     let r = hash_file(
-                        &abs(&self.root, &d.path),
+                        &at,
                         previous.as_deref(),
+                        large.then_some(&tell as &shoal_core::chunk::Seen<'_>),
                         &self.progress,
                         &self.stop,
                     );
+                    if large {
+                        previewed.add(at);
+                    }
                     self.progress.file_done();
                     (d, r)
                 })
@@ -695,5 +711,30 @@ pub fn release_memory() {
     // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the system.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// The large files a scan previewed to peers while reading them ([`Index::preview`]): their
+/// chunks are served from the files until the scan ends, by when the index holds them.
+struct Previewed<'a> {
+    index: &'a Index,
+    files: Mutex<Vec<Arc<Path>>>,
+}
+
+impl Previewed<'_> {
+    fn add(&self, file: Arc<Path>) {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(file);
+    }
+}
+
+impl Drop for Previewed<'_> {
+    fn drop(&mut self) {
+        let files = std::mem::take(self.files.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for file in files {
+            self.index.assembled(&file);
+        }
     }
 }

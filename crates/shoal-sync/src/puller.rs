@@ -56,6 +56,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::plan::{Need, plan};
+
+#[path = "ahead.rs"]
+mod ahead;
 use crate::space::{self, DiskFull};
 
 /// Files finished together (one `syncfs`, one index transaction).
@@ -193,6 +196,8 @@ struct Shared {
     /// Temporary files this puller may have left on disk (a failed or refused round keeps them
     /// to resume into). Those no plan needs any more are removed before the next round.
     temps: Mutex<HashSet<PathBuf>>,
+    /// Files being fetched ahead of their records, by path (see [`ahead`]).
+    aheads: Mutex<HashMap<String, ahead::Ahead>>,
 }
 
 impl Puller {
@@ -202,6 +207,11 @@ impl Puller {
         let (stop, stop_rx) = watch::channel(false);
         let config = Arc::new(config);
         tokio::spawn(clean_archive(config.clone(), stop_rx.clone()));
+        tokio::spawn(ahead::take_previews(
+            config.clone(),
+            shared.clone(),
+            stop_rx.clone(),
+        ));
         let task = tokio::spawn(run(config, shared.clone(), stop_rx));
         Puller {
             shared,
@@ -1343,6 +1353,8 @@ async fn assemble(
             .map_err(|e| Failure::io("cannot set its mtime", &e))?;
         return Ok(Ready { need, temp });
     }
+    // What was fetched ahead of the record, if anything: its temporary becomes this one.
+    let ahead = ahead::adopt(config, shared, &need.path, &temp).await;
     // Copier: resume and local chunks, off the async threads.
     let started = Instant::now();
     let (filling, missing) = {
@@ -1350,7 +1362,7 @@ async fn assemble(
         let shared = shared.clone();
         let into = temp.clone();
         let chunks: Vec<_> = need.target.chunks_with_offsets().collect();
-        tokio::task::spawn_blocking(move || copy_local(&config, &shared, &into, chunks))
+        tokio::task::spawn_blocking(move || copy_local(&config, &shared, &into, chunks, &ahead))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
@@ -1394,7 +1406,7 @@ async fn fetch_missing(
     let writer = {
         let shared = shared.clone();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || write_fetched(&config, filling, &shared, writes))
+        tokio::task::spawn_blocking(move || write_fetched(&config, filling, &shared, None, writes))
     };
     let mut tasks = JoinSet::new();
     for chunk in in_windows(missing, FETCH_WINDOW, shuffler()) {
@@ -1475,6 +1487,7 @@ fn write_fetched(
     config: &PullerConfig,
     filling: Filling,
     shared: &Shared,
+    ahead: Option<&Mutex<ahead::Written>>,
     mut writes: tokio::sync::mpsc::Receiver<(shoal_core::chunk::Chunk, Vec<u8>)>,
 ) -> io::Result<()> {
     let Filling {
@@ -1488,7 +1501,15 @@ fn write_fetched(
         let n = bytes.len() as u64;
         behind.wrote(&file, chunk.offset, chunk.offset + n);
         shared.fetched.fetch_add(n, Ordering::Relaxed);
-        shared.bytes_done.fetch_add(n, Ordering::Relaxed);
+        match ahead {
+            // Counted in a round's progress when its pull adopts it.
+            Some(written) => {
+                lock(written).insert(chunk.offset, (chunk.hash, chunk.len));
+            }
+            None => {
+                shared.bytes_done.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         if index(config).assembling(&temp, chunk.hash, chunk.offset, chunk.len) {
             fresh.push(chunk.hash);
         }
@@ -1542,7 +1563,8 @@ fn shuffler() -> impl FnMut() -> u64 {
 }
 
 /// Opens (or creates) the temporary file, reserves its room ([`preallocate`]) and fills it with
-/// every chunk already there or available locally; returns it as the fetcher fills it on (its
+/// every chunk already there (`ahead`: the chunks written in a temporary fetched ahead, which
+/// holds nothing else) or available locally; returns it as the fetcher fills it on (its
 /// write-behind window included: a window that did not know what the copier wrote would never
 /// see its front move past the first copied range), and the chunks still missing.
 ///
@@ -1556,6 +1578,7 @@ fn copy_local(
     shared: &Shared,
     temp: &Path,
     chunks: Vec<shoal_core::chunk::Chunk>,
+    ahead: &Option<ahead::Written>,
 ) -> io::Result<(Filling, Vec<shoal_core::chunk::Chunk>)> {
     let file = OpenOptions::new()
         .read(true)
@@ -1572,7 +1595,12 @@ fn copy_local(
     let mut missing = Vec::new();
     for chunk in chunks {
         let len = u64::from(chunk.len);
-        if chunk.offset + len <= have && copier.already_there(&chunk) {
+        // A temporary fetched ahead holds what it wrote and nothing else: not read again.
+        let there = match ahead {
+            Some(written) => written.get(&chunk.offset) == Some(&(chunk.hash, chunk.len)),
+            None => chunk.offset + len <= have && copier.already_there(&chunk),
+        };
+        if there {
             copier.behind.wrote(&file, chunk.offset, chunk.offset + len);
             shared.bytes_done.fetch_add(len, Ordering::Relaxed);
         } else if copier.copy_from_local(&chunk)? {
@@ -2236,7 +2264,7 @@ mod tests {
         let (_tmp, config) = namespace(&[("big", &old)]);
         let shared = Shared::default();
         let temp = root(&config).join("t1");
-        let (filling, missing) = must(copy_local(&config, &shared, &temp, chunks.clone()));
+        let (filling, missing) = must(copy_local(&config, &shared, &temp, chunks.clone(), &None));
         drop(filling);
         let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
         assert_eq!(missing_bytes, fresh);
@@ -2254,7 +2282,7 @@ mod tests {
         edited[1 << 20..(1 << 20) + 10].fill(7);
         must(fs::write(root(&config).join("big"), &edited));
         let temp = root(&config).join("t2");
-        let (filling, missing2) = must(copy_local(&config, &shared, &temp, chunks.clone()));
+        let (filling, missing2) = must(copy_local(&config, &shared, &temp, chunks.clone(), &None));
         drop(filling);
         assert!(missing2.len() > missing.len());
         let got = must(fs::read(&temp));

@@ -1,0 +1,525 @@
+//! Files fetched ahead of their records.
+//!
+//! A peer indexing a large new file tells its members the chunks it has found so far
+//! (`Preview`), long before the file's signed record exists (1 GiB took ~0.5 s to index on the
+//! benchmark machine, during which nothing could move). This node fetches those chunks at once
+//! from that peer into a temporary of its own for the path, `.~shoal.<name>.ahead.tmp`. When the
+//! record arrives, the file's pull adopts the temporary ([`adopt`]): renamed to the pull's own,
+//! it starts from the chunks already written there, verified on arrival, at the offsets the
+//! record lists (any other is simply fetched).
+//!
+//! A preview changes nothing: it is never the source of a file, only of chunks whose hashes the
+//! record must then list. A temporary that no record claims within [`KEEP`] of its last preview
+//! is removed, and so is every one when the puller stops (nothing could resume into it). Only a
+//! path whose directory exists here is fetched ahead (creating one would be a change), and never
+//! an ignored one.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_core::chunk::{Chunk, Hash};
+use shoal_core::ignore::TEMP_PREFIX;
+use shoal_index::{PeerKey, Preview};
+use shoal_scan::WriteBehind;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::debug;
+
+use super::{
+    Filling, PullerConfig, Shared, WRITES_QUEUED, abs, fetch_verified, index, lock, preallocate,
+    root, shuffler, write_fetched,
+};
+
+/// Chunk fetches in flight at once per file fetched ahead.
+const AT_ONCE: usize = 32;
+/// A file fetched ahead whose record has not come this long after its last preview is dropped.
+pub(super) const KEEP: Duration = Duration::from_secs(60);
+/// How often files fetched ahead are looked at for [`KEEP`].
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// Chunks written into a temporary fetched ahead: offset → (hash, length).
+pub(super) type Written = HashMap<u64, (Hash, u32)>;
+
+/// One file being fetched ahead.
+pub(super) struct Ahead {
+    temp: Arc<Path>,
+    size: u64,
+    from: PeerKey,
+    written: Arc<Mutex<Written>>,
+    /// Chunks previewed since the fetch began.
+    more: mpsc::UnboundedSender<Vec<Chunk>>,
+    /// Set to start no more fetches (the ones in flight are finished and written).
+    halt: Arc<AtomicBool>,
+    task: JoinHandle<io::Result<()>>,
+    last: Instant,
+}
+
+impl std::fmt::Debug for Ahead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ahead")
+            .field("temp", &self.temp)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ahead {
+    /// Stops fetching; the chunks in flight are written. The temporary is left.
+    async fn halt(self) -> (Arc<Path>, Arc<Mutex<Written>>, io::Result<()>) {
+        self.halt.store(true, Ordering::Relaxed);
+        drop(self.more);
+        let done = match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        (self.temp, self.written, done)
+    }
+}
+
+/// The temporary a file is fetched ahead into.
+fn ahead_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut short = name.as_str();
+    while short.len() > 120 {
+        let mut end = 120.min(short.len() - 1);
+        while !short.is_char_boundary(end) {
+            end -= 1;
+        }
+        short = &short[..end];
+    }
+    path.with_file_name(format!("{TEMP_PREFIX}{short}.ahead.tmp"))
+}
+
+/// Takes peers' previews for as long as the puller runs; removes what it fetched ahead when it
+/// stops.
+pub(super) async fn take_previews(
+    config: Arc<PullerConfig>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut previews = index(&config).subscribe_peer_previews();
+    let mut sweep = tokio::time::interval(SWEEP);
+    loop {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            p = previews.recv() => match p {
+                Ok(p) => take(&config, &shared, &p).await,
+                Err(RecvError::Lagged(n)) => debug!(namespace = %config.name, "{n} previews missed"),
+                Err(RecvError::Closed) => break,
+            },
+            _ = sweep.tick() => drop_older(&config, &shared, KEEP).await,
+        }
+    }
+    drop_older(&config, &shared, Duration::ZERO).await;
+}
+
+/// Starts fetching what `preview` lists, or adds it to the file's fetch under way.
+async fn take(config: &Arc<PullerConfig>, shared: &Arc<Shared>, preview: &Preview) {
+    let Some(from) = preview.from else { return };
+    if config.scanner.skips(&preview.path, false) {
+        return;
+    }
+    let chunks: Vec<Chunk> = preview
+        .chunks
+        .iter()
+        .filter(|c| c.offset + u64::from(c.len) <= preview.size)
+        .copied()
+        .collect();
+    let replaced = {
+        let mut aheads = lock(&shared.aheads);
+        if let Some(a) = aheads.get_mut(&preview.path)
+            && a.from == from
+            && a.size == preview.size
+        {
+            a.last = Instant::now();
+            let _ = a.more.send(chunks);
+            return;
+        }
+        aheads.remove(&preview.path)
+    };
+    // Another source, or another file at that path: start over (in the same temporary, so the
+    // old one goes first).
+    if let Some(old) = replaced {
+        discard(config.clone(), old).await;
+    }
+    let at = abs(root(config), &preview.path);
+    if !at.parent().is_some_and(Path::is_dir) {
+        return;
+    }
+    let temp: Arc<Path> = ahead_path(&at).into();
+    let (more, incoming) = mpsc::unbounded_channel();
+    let _ = more.send(chunks);
+    let written = Arc::new(Mutex::new(Written::new()));
+    let halt = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(fetch_ahead(
+        config.clone(),
+        shared.clone(),
+        temp.clone(),
+        preview.size,
+        from,
+        written.clone(),
+        halt.clone(),
+        incoming,
+    ));
+    debug!(namespace = %config.name, path = %preview.path, size = preview.size, "fetching ahead of its record");
+    lock(&shared.aheads).insert(
+        preview.path.clone(),
+        Ahead {
+            temp,
+            size: preview.size,
+            from,
+            written,
+            more,
+            halt,
+            task,
+            last: Instant::now(),
+        },
+    );
+}
+
+/// Fetches the chunks previewed for one file into its temporary, [`AT_ONCE`] at a time, until
+/// halted; chunks this node already has are left for the pull's copier. Each chunk is asked of
+/// the peer that previewed it, or of a member that said it has it.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_ahead(
+    config: Arc<PullerConfig>,
+    shared: Arc<Shared>,
+    temp: Arc<Path>,
+    size: u64,
+    from: PeerKey,
+    written: Arc<Mutex<Written>>,
+    halt: Arc<AtomicBool>,
+    mut incoming: mpsc::UnboundedReceiver<Vec<Chunk>>,
+) -> io::Result<()> {
+    let file = {
+        let temp = temp.clone();
+        tokio::task::spawn_blocking(move || open_ahead(&temp, size))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))??
+    };
+    let (to_writer, writes) = mpsc::channel::<(Chunk, Vec<u8>)>(WRITES_QUEUED);
+    let writer = {
+        let (config, shared) = (config.clone(), shared.clone());
+        let filling = Filling {
+            path: temp.clone(),
+            file: Arc::new(file),
+            behind: WriteBehind::new(),
+        };
+        tokio::task::spawn_blocking(move || {
+            write_fetched(&config, filling, &shared, Some(written.as_ref()), writes)
+        })
+    };
+    let slots = Arc::new(Semaphore::new(AT_ONCE));
+    let mut fetches = JoinSet::new();
+    // Chunks previewed and not asked for yet, taken in a random order: nodes fetching the same
+    // file ahead then seldom ask its source for the same chunk at once, and pass on to each
+    // other (`Have`) what each got.
+    let mut pending: Vec<Chunk> = Vec::new();
+    let mut random = shuffler();
+    while !halt.load(Ordering::Relaxed) {
+        while let Ok(batch) = incoming.try_recv() {
+            pending.extend(batch);
+        }
+        if pending.is_empty() {
+            match incoming.recv().await {
+                Some(batch) => {
+                    pending.extend(batch);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let chunk = pending.swap_remove((random() % pending.len() as u64) as usize);
+        let local = index(&config)
+            .chunk_locations(&chunk.hash)
+            .is_ok_and(|l| !l.is_empty());
+        if local {
+            continue;
+        }
+        let (source, to_writer) = (config.source.clone(), to_writer.clone());
+        fetches.spawn(async move {
+            let _slot = slot;
+            if let Ok(bytes) = fetch_verified(&*source, &[from], &chunk).await {
+                let _ = to_writer.send((chunk, bytes)).await;
+            }
+        });
+        while fetches.try_join_next().is_some() {}
+    }
+    while fetches.join_next().await.is_some() {}
+    drop(to_writer);
+    writer.await.map_err(|e| io::Error::other(e.to_string()))?
+}
+
+/// Creates (or empties) the temporary and reserves its room: at most half of what the disk can
+/// spare (a preview is any member's word; a full disk would pause the pulls of real records).
+fn open_ahead(temp: &Path, size: u64) -> io::Result<File> {
+    let dir = temp.parent().unwrap_or(Path::new("."));
+    if size > crate::space::space(dir)?.usable() / 2 {
+        return Err(io::Error::other("not enough room to fetch it ahead"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(temp)?;
+    preallocate(&file, 0, size)?;
+    Ok(file)
+}
+
+/// Drops the files fetched ahead whose last preview is older than `age`.
+async fn drop_older(config: &Arc<PullerConfig>, shared: &Arc<Shared>, age: Duration) {
+    let old: Vec<(String, Ahead)> = {
+        let mut aheads = lock(&shared.aheads);
+        let paths: Vec<String> = aheads
+            .iter()
+            .filter(|(_, a)| a.last.elapsed() >= age)
+            .map(|(p, _)| p.clone())
+            .collect();
+        paths
+            .into_iter()
+            .filter_map(|p| aheads.remove(&p).map(|a| (p, a)))
+            .collect()
+    };
+    for (path, ahead) in old {
+        debug!(namespace = %config.name, %path, "no record came for a file fetched ahead: dropped");
+        discard(config.clone(), ahead).await;
+    }
+}
+
+/// Halts a fetch ahead and removes its temporary.
+async fn discard(config: Arc<PullerConfig>, ahead: Ahead) {
+    let (temp, _, _) = ahead.halt().await;
+    index(&config).assembled(&temp);
+    let _ = tokio::task::spawn_blocking(move || fs::remove_file(&temp)).await;
+}
+
+/// Hands the file at `path` fetched ahead, if any, to its pull, whose temporary is `temp`: the
+/// fetch is halted, its temporary renamed to `temp`, and the chunks written in it returned (the
+/// pull keeps those its record lists at those offsets). `None` if nothing was fetched ahead for
+/// `path`, or if `temp` already exists (a pull resumed: it has its own).
+pub(super) async fn adopt(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    path: &str,
+    temp: &Path,
+) -> Option<Written> {
+    let ahead = lock(&shared.aheads).remove(path)?;
+    let (from, written, done) = ahead.halt().await;
+    index(config).assembled(&from);
+    let to: Arc<Path> = temp.into();
+    let adopted = {
+        let (from, to) = (from.clone(), to.clone());
+        tokio::task::spawn_blocking(move || -> io::Result<bool> {
+            done?;
+            if fs::symlink_metadata(&to).is_ok() {
+                return Ok(false);
+            }
+            fs::rename(&from, &to)?;
+            Ok(true)
+        })
+        .await
+    };
+    if !matches!(adopted, Ok(Ok(true))) {
+        let _ = tokio::task::spawn_blocking(move || fs::remove_file(&from)).await;
+        return None;
+    }
+    let written = std::mem::take(&mut *lock(&written));
+    for (&offset, &(hash, len)) in &written {
+        index(config).assembling(&to, hash, offset, len);
+    }
+    debug!(namespace = %config.name, %path, chunks = written.len(), "adopted what was fetched ahead");
+    Some(written)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "in tests a panic is the failure report")]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use shoal_core::chunk::chunk_bytes;
+    use shoal_index::Index;
+    use shoal_scan::Scanner;
+
+    use super::super::{ChunkSource, Fetching, copy_local};
+    use super::*;
+
+    /// A peer that has every chunk of `data`, counting what it is asked for.
+    struct Peer {
+        chunks: HashMap<Hash, Vec<u8>>,
+        asked: Mutex<HashMap<Hash, usize>>,
+    }
+
+    impl ChunkSource for Peer {
+        fn fetch(&self, hash: Hash, sources: Vec<PeerKey>) -> Fetching {
+            assert_eq!(sources, vec![[7; 32]], "asked of the peer that previewed");
+            *lock(&self.asked).entry(hash).or_default() += 1;
+            let answer = self.chunks.get(&hash).cloned().ok_or_else(|| "none".into());
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn setup(data: &[u8]) -> (tempfile::TempDir, Arc<PullerConfig>, Arc<Peer>, Vec<Chunk>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ns");
+        fs::create_dir_all(root.join(".sync")).unwrap();
+        let share = shoal_core::secret::ShareId([1; 16]);
+        let index = Index::open(&tmp.path().join("state/ns.redb"), &share).unwrap();
+        let scanner = Scanner::new(root, Arc::new(index), shoal_core::version::DeviceId(1));
+        scanner.scan_all().unwrap();
+        let chunks = chunk_bytes(data);
+        let peer = Arc::new(Peer {
+            chunks: chunks
+                .iter()
+                .map(|c| {
+                    let at = c.offset as usize;
+                    (c.hash, data[at..at + c.len as usize].to_vec())
+                })
+                .collect(),
+            asked: Mutex::new(HashMap::new()),
+        });
+        let config = Arc::new(PullerConfig {
+            name: "test".into(),
+            scanner: Arc::new(scanner),
+            source: peer.clone(),
+            archive: false,
+            archive_keep: Duration::from_secs(1),
+        });
+        (tmp, config, peer, chunks)
+    }
+
+    fn preview(chunks: &[Chunk], size: u64) -> Preview {
+        Preview {
+            from: Some([7; 32]),
+            path: "big".into(),
+            size,
+            chunks: chunks.to_vec(),
+        }
+    }
+
+    /// Waits until `n` chunks of the file fetched ahead are written.
+    async fn written(shared: &Shared, n: usize) {
+        for _ in 0..500 {
+            let now = lock(&shared.aheads)
+                .get("big")
+                .map_or(0, |a| lock(&a.written).len());
+            if now >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the chunks previewed were not fetched");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_fetched_ahead_are_adopted_by_the_pull_and_never_fetched_again() {
+        let data = shoal_core::testing::noise(5 << 20, 3);
+        let (_tmp, config, peer, chunks) = setup(&data);
+        assert!(chunks.len() >= 8, "{} chunks", chunks.len());
+        let shared = Arc::new(Shared::default());
+        let size = data.len() as u64;
+        let half = chunks.len() / 2;
+        // The source previews its first half, in two messages.
+        take(&config, &shared, &preview(&chunks[..2], size)).await;
+        take(&config, &shared, &preview(&chunks[2..half], size)).await;
+        written(&shared, half).await;
+        // The record arrives: the pull's temporary is the one fetched ahead.
+        let temp = config.scanner.root().join(".~shoal.big.0123.tmp");
+        let adopted = adopt(&config, &shared, "big", &temp).await.unwrap();
+        assert_eq!(adopted.len(), half);
+        assert!(lock(&shared.aheads).is_empty());
+        assert!(!ahead_path(&config.scanner.root().join("big")).exists());
+        let held = fs::read(&temp).unwrap();
+        assert_eq!(held.len() as u64, size, "its room reserved");
+        for c in &chunks[..half] {
+            let at = c.offset as usize;
+            assert!(held[at..at + c.len as usize] == data[at..at + c.len as usize]);
+        }
+        // The copier keeps them without reading them again; the rest is missing.
+        let (filling, missing) =
+            copy_local(&config, &shared, &temp, chunks.clone(), &Some(adopted)).unwrap();
+        assert_eq!(missing, chunks[half..].to_vec());
+        // Passed on to other peers from the adopted temporary.
+        let served = index(&config)
+            .read_chunk_after(config.scanner.root(), &chunks[0].hash, |_| Vec::new())
+            .unwrap();
+        assert!(served == data[..chunks[0].len as usize]);
+        drop(filling);
+        let asked = lock(&peer.asked).clone();
+        assert_eq!(asked.len(), half);
+        assert!(asked.values().all(|n| *n == 1), "{asked:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_no_record_claims_is_removed_and_a_resumed_pull_keeps_its_own() {
+        let data = shoal_core::testing::noise(3 << 20, 4);
+        let (_tmp, config, _peer, chunks) = setup(&data);
+        let shared = Arc::new(Shared::default());
+        let size = data.len() as u64;
+        let temp = ahead_path(&config.scanner.root().join("big"));
+        take(&config, &shared, &preview(&chunks, size)).await;
+        written(&shared, chunks.len()).await;
+        assert!(temp.exists());
+        // Not claimed in time: halted and removed, its chunks no longer offered.
+        drop_older(&config, &shared, Duration::ZERO).await;
+        assert!(lock(&shared.aheads).is_empty());
+        assert!(!temp.exists());
+        assert!(
+            index(&config)
+                .read_chunk_after(config.scanner.root(), &chunks[0].hash, |_| Vec::new())
+                .is_none()
+        );
+        // A pull that resumes into its own temporary keeps it; what was fetched ahead goes.
+        take(&config, &shared, &preview(&chunks, size)).await;
+        written(&shared, chunks.len()).await;
+        let own = config.scanner.root().join(".~shoal.big.0123.tmp");
+        fs::write(&own, b"resumed").unwrap();
+        assert!(adopt(&config, &shared, "big", &own).await.is_none());
+        assert_eq!(fs::read(&own).unwrap(), b"resumed");
+        assert!(!temp.exists());
+        // A preview of a path whose directory is not here, or of another size, starts nothing
+        // / starts over.
+        let mut elsewhere = preview(&chunks, size);
+        elsewhere.path = "no/such/dir/big".into();
+        take(&config, &shared, &elsewhere).await;
+        assert!(lock(&shared.aheads).is_empty());
+        take(&config, &shared, &preview(&chunks[..1], size)).await;
+        take(&config, &shared, &preview(&chunks[..1], size + 1)).await;
+        assert_eq!(
+            lock(&shared.aheads).get("big").map(|a| a.size),
+            Some(size + 1)
+        );
+        written(&shared, 1).await;
+        let file = File::open(&temp).unwrap();
+        let mut first = vec![0; chunks[0].len as usize];
+        file.read_exact_at(&mut first, 0).unwrap();
+        assert!(first == data[..first.len()]);
+    }
+
+    #[test]
+    fn a_file_is_fetched_ahead_into_a_hidden_temporary_beside_it() {
+        let t = ahead_path(Path::new("/ns/dir/big.iso"));
+        assert_eq!(t, Path::new("/ns/dir/.~shoal.big.iso.ahead.tmp"));
+        assert!(shoal_core::ignore::is_temp_name(
+            &t.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let long = "é".repeat(200);
+        let t = ahead_path(&Path::new("/ns").join(&long));
+        assert!(t.file_name().unwrap_or_default().len() < 160);
+    }
+}
