@@ -316,6 +316,9 @@ pub fn chunk_in_parallel<E: Send>(
 /// Chunks as they are found: called from every chunking thread, in each segment's order.
 pub type Seen<'a> = dyn Fn(&[Chunk]) + Sync + 'a;
 
+/// Chunks found are told [`Seen`] this many at a time (~4 MiB), the last of a segment at its end.
+const SEEN_AT_ONCE: usize = 16;
+
 /// [`chunk_in_parallel`], telling `seen` of chunks as each segment finds them (before the
 /// segments are stitched together): every chunk of the result is told, in order within its
 /// segment, and so are the few near a stitch that the result replaces. For a node to offer a
@@ -403,8 +406,9 @@ fn chunk_range<E>(
     let mut buf = vec![0u8; PARALLEL_READ.min((end - start) as usize)];
     let mut at = start;
     let mut told = 0;
-    let mut tell = |chunks: &[Chunk]| {
-        if chunks.len() > told {
+    // A few at a time (each call may become a message to every peer), the rest at the end.
+    let mut tell = |chunks: &[Chunk], all: bool| {
+        if chunks.len() >= told + SEEN_AT_ONCE || (all && chunks.len() > told) {
             let fresh: Vec<Chunk> = chunks[told..]
                 .iter()
                 .map(|c| Chunk {
@@ -421,10 +425,10 @@ fn chunk_range<E>(
         read_exact_at(at, &mut buf[..n])?;
         hasher.update(&buf[..n]);
         at += n as u64;
-        tell(&hasher.chunks);
+        tell(&hasher.chunks, false);
     }
     let mut chunks = hasher.finish();
-    tell(&chunks);
+    tell(&chunks, true);
     for c in &mut chunks {
         c.offset += start;
     }

@@ -153,7 +153,7 @@ async fn take(config: &Arc<PullerConfig>, shared: &Arc<Shared>, preview: &Previe
         discard(config.clone(), old).await;
     }
     let at = abs(root(config), &preview.path);
-    if !at.parent().is_some_and(Path::is_dir) {
+    if !at.parent().is_some_and(Path::is_dir) || recorded(config, from, preview) {
         return;
     }
     let temp: Arc<Path> = ahead_path(&at).into();
@@ -185,6 +185,25 @@ async fn take(config: &Arc<PullerConfig>, shared: &Arc<Shared>, preview: &Previe
             last: Instant::now(),
         },
     );
+}
+
+/// Whether the file `preview` is of is already recorded here: the peer's record of it came first
+/// (its pull needs no help), or this node has it.
+fn recorded(config: &PullerConfig, from: PeerKey, preview: &Preview) -> bool {
+    let Some(first) = preview.chunks.first() else {
+        return false;
+    };
+    let lists = |entry: Option<shoal_index::Entry>| {
+        entry.is_some_and(|e| {
+            e.is_live()
+                && e.size == preview.size
+                && e.chunks_with_offsets()
+                    .any(|c| c.offset == first.offset && c.hash == first.hash)
+        })
+    };
+    let index = index(config);
+    lists(index.remote_get(&from, &preview.path).ok().flatten())
+        || lists(index.get(&preview.path).ok().flatten())
 }
 
 /// Fetches the chunks previewed for one file into its temporary, [`AT_ONCE`] at a time, until
@@ -509,6 +528,13 @@ mod tests {
         let mut first = vec![0; chunks[0].len as usize];
         file.read_exact_at(&mut first, 0).unwrap();
         assert!(first == data[..first.len()]);
+        // A file this node already has is not fetched ahead (nor one whose record came first).
+        drop_older(&config, &shared, Duration::ZERO).await;
+        fs::write(config.scanner.root().join("big"), &data).unwrap();
+        config.scanner.scan_all().unwrap();
+        take(&config, &shared, &preview(&chunks, size)).await;
+        assert!(lock(&shared.aheads).is_empty());
+        assert!(!temp.exists());
     }
 
     #[test]
