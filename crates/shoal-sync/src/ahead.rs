@@ -34,7 +34,7 @@ use tracing::debug;
 
 use super::{
     Filling, PullerConfig, Shared, WRITES_QUEUED, abs, fetch_verified, index, lock, preallocate,
-    root, shuffler, write_fetched,
+    remove_temporaries, root, shuffler, write_fetched,
 };
 
 /// Chunk fetches in flight at once per file fetched ahead.
@@ -83,6 +83,12 @@ impl Ahead {
     }
 }
 
+/// Whether `path` is a temporary a file was fetched ahead into.
+fn is_ahead_path(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(".ahead.tmp"))
+}
+
 /// The temporary a file is fetched ahead into.
 fn ahead_path(path: &Path) -> PathBuf {
     let name = path
@@ -101,13 +107,20 @@ fn ahead_path(path: &Path) -> PathBuf {
 }
 
 /// Takes peers' previews for as long as the puller runs; removes what it fetched ahead when it
-/// stops.
+/// stops, and what an earlier run left (killed before it could).
 pub(super) async fn take_previews(
     config: Arc<PullerConfig>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut previews = index(&config).subscribe_peer_previews();
+    let dir = root(&config).to_path_buf();
+    if let Ok((n, bytes)) =
+        tokio::task::spawn_blocking(move || remove_temporaries(&dir, is_ahead_path)).await
+        && n > 0
+    {
+        debug!(namespace = %config.name, files = n, bytes, "removed what an earlier run fetched ahead");
+    }
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         tokio::select! {
@@ -277,7 +290,9 @@ async fn fetch_ahead(
         });
         while fetches.try_join_next().is_some() {}
     }
-    while fetches.join_next().await.is_some() {}
+    // Halted: what is still on its way is not waited for (a peer that stopped answering would
+    // hold the file's pull up until its request timed out); the pull fetches it if it needs it.
+    fetches.shutdown().await;
     drop(to_writer);
     writer.await.map_err(|e| io::Error::other(e.to_string()))?
 }
@@ -485,6 +500,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_an_earlier_run_fetched_ahead_is_removed_when_the_puller_starts() {
+        let (_tmp, config, _peer, _) = setup(b"x");
+        let root = config.scanner.root().to_path_buf();
+        fs::create_dir_all(root.join("sub")).unwrap();
+        let left = [
+            ahead_path(&root.join("big")),
+            ahead_path(&root.join("sub/other")),
+        ];
+        let resumable = root.join(".~shoal.big.0123456789abcdef.tmp");
+        for f in left.iter().chain([&resumable]) {
+            fs::write(f, b"left by a killed run").unwrap();
+        }
+        let shared = Arc::new(Shared::default());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(take_previews(config.clone(), shared, stopped));
+        for _ in 0..500 {
+            if left.iter().all(|f| !f.exists()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(left.iter().all(|f| !f.exists()));
+        assert!(
+            resumable.exists(),
+            "a pull's own temporary is kept to resume into"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_no_record_claims_is_removed_and_a_resumed_pull_keeps_its_own() {
         let data = shoal_core::testing::noise(3 << 20, 4);
         let (_tmp, config, _peer, chunks) = setup(&data);
@@ -541,6 +587,10 @@ mod tests {
     fn a_file_is_fetched_ahead_into_a_hidden_temporary_beside_it() {
         let t = ahead_path(Path::new("/ns/dir/big.iso"));
         assert_eq!(t, Path::new("/ns/dir/.~shoal.big.iso.ahead.tmp"));
+        assert!(is_ahead_path(&t));
+        assert!(!is_ahead_path(Path::new(
+            "/ns/dir/.~shoal.big.iso.0123abcd.tmp"
+        )));
         assert!(shoal_core::ignore::is_temp_name(
             &t.file_name().unwrap_or_default().to_string_lossy()
         ));

@@ -184,6 +184,8 @@ pub struct Puller {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// Takes peers' previews (see [`ahead`]); removes what it fetched ahead when stopped.
+    previews: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -207,7 +209,7 @@ impl Puller {
         let (stop, stop_rx) = watch::channel(false);
         let config = Arc::new(config);
         tokio::spawn(clean_archive(config.clone(), stop_rx.clone()));
-        tokio::spawn(ahead::take_previews(
+        let previews = tokio::spawn(ahead::take_previews(
             config.clone(),
             shared.clone(),
             stop_rx.clone(),
@@ -217,6 +219,7 @@ impl Puller {
             shared,
             stop,
             task: Some(task),
+            previews: Some(previews),
         }
     }
 
@@ -238,7 +241,10 @@ impl Puller {
     /// Stops the puller; work in progress stays in temporary files for the next start.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.previews.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
         }
     }
@@ -246,7 +252,10 @@ impl Puller {
 
 impl Drop for Puller {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.previews.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -638,6 +647,12 @@ async fn pull(
 /// Deletes every temporary file under `root` (not in `.sync/`) that is not in `wanted`: what is
 /// left of transfers of versions since replaced. Returns how many and their bytes on disk.
 fn remove_stale_temporaries(root: &Path, wanted: &HashSet<PathBuf>) -> (u64, u64) {
+    remove_temporaries(root, |p| !wanted.contains(p))
+}
+
+/// Deletes every temporary file under `root` (not in `.sync/`) that `stale` says is: how many,
+/// and their bytes on disk.
+fn remove_temporaries(root: &Path, stale: impl Fn(&Path) -> bool) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -652,7 +667,7 @@ fn remove_stale_temporaries(root: &Path, wanted: &HashSet<PathBuf>) -> (u64, u64
                     dirs.push(path);
                 }
             } else if shoal_core::ignore::is_temp_name(&e.file_name().to_string_lossy())
-                && !wanted.contains(&path)
+                && stale(&path)
             {
                 let size = space::allocated(&path);
                 if fs::remove_file(&path).is_ok() {
