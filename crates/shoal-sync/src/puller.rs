@@ -8,7 +8,9 @@
 //!    per file, and kinder to directory locks; large files are streamed to disk as below.
 //!    - *copier*: a temporary file `.~shoal.<name>.<hash>.tmp` in the target's directory is
 //!      filled with the chunks this node already has anywhere (a rename or a copy costs no
-//!      network), and with chunks a previous attempt already wrote (resume after a restart);
+//!      network), and with chunks a previous attempt already wrote (resume after a restart); a
+//!      large new file may have been fetched ahead of its record, on its source's preview, and
+//!      that temporary becomes this one (see [`ahead`]);
 //!    - *fetcher*: the missing chunks are requested from every peer that announced this
 //!      content, many at once (the peer layer spreads them over the least busy peers);
 //!      every chunk is verified (BLAKE3) before it is written;
@@ -56,10 +58,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::plan::{Need, plan};
+use crate::space::{self, DiskFull};
 
 #[path = "ahead.rs"]
 mod ahead;
-use crate::space::{self, DiskFull};
 
 /// Files finished together (one `syncfs`, one index transaction).
 pub const GROUP_FILES: usize = 1024;
