@@ -318,11 +318,14 @@ pub type Seen<'a> = dyn Fn(&[Chunk]) + Sync + 'a;
 
 /// Chunks found are told [`Seen`] this many at a time (~4 MiB), the last of a segment at its end.
 const SEEN_AT_ONCE: usize = 16;
+/// The first chunks of every segment but the first are not told (see [`chunk_range`]).
+const SEEN_SKIPPED: usize = 4;
 
 /// [`chunk_in_parallel`], telling `seen` of chunks as each segment finds them (before the
 /// segments are stitched together): every chunk of the result is told, in order within its
-/// segment, and so are the few near a stitch that the result replaces. For a node to offer a
-/// large file's first chunks while it is still reading the rest.
+/// segment (those just after a segment's start when the stitch settles them), and seldom one
+/// the result replaces (a segment that takes more than a few chunks to fall in step). For a node
+/// to offer a large file's first chunks while it is still reading the rest.
 pub fn chunk_in_parallel_seen<E: Send>(
     len: u64,
     threads: usize,
@@ -338,7 +341,9 @@ pub fn chunk_in_parallel_seen<E: Send>(
     if bounds.is_empty() {
         return Ok(Vec::new());
     }
-    let pieces = on_threads(&bounds, |&(a, b)| chunk_range(a, b, read_exact_at, seen));
+    let pieces = on_threads(&bounds, |&(a, b)| {
+        chunk_range(a, b, b == len, read_exact_at, seen)
+    });
     let mut pieces = pieces.into_iter().collect::<Result<Vec<_>, E>>()?;
     // Every segment's last chunk ends where the segment was cut, not where the content says.
     // Cuts of every segment but the first (their last chunks' ends excepted): offset ->
@@ -387,6 +392,17 @@ pub fn chunk_in_parallel_seen<E: Send>(
         out.extend(redone);
         match synced {
             Some((s, i)) => {
+                // The chunks of segment `s` from the common cut on are the file's: tell those
+                // its chunker held back (see `chunk_range`).
+                let whole = if s + 1 == pieces.len() {
+                    pieces[s].len()
+                } else {
+                    pieces[s].len().saturating_sub(1)
+                };
+                let held = (i + 1)..SEEN_SKIPPED.min(whole);
+                if !held.is_empty() {
+                    seen(&pieces[s][held]);
+                }
                 out.extend(pieces[s].drain(i + 1..));
                 next = s + 1;
             }
@@ -396,16 +412,20 @@ pub fn chunk_in_parallel_seen<E: Send>(
     Ok(out)
 }
 
+/// Chunks `start..end` as though a chunk began at `start`; `last`: `end` is the file's end.
 fn chunk_range<E>(
     start: u64,
     end: u64,
+    last: bool,
     read_exact_at: &ReadAt<'_, E>,
     seen: &Seen<'_>,
 ) -> Result<Vec<Chunk>, E> {
     let mut hasher = ChunkHasher::new();
     let mut buf = vec![0u8; PARALLEL_READ.min((end - start) as usize)];
     let mut at = start;
-    let mut told = 0;
+    // A segment after the first begins where no chunk does: its first chunks are seldom the
+    // file's (the stitch tells the true ones), and a peer fetching them would waste the bytes.
+    let mut told = if start == 0 { 0 } else { SEEN_SKIPPED };
     // A few at a time (each call may become a message to every peer), the rest at the end.
     let mut tell = |chunks: &[Chunk], all: bool| {
         if chunks.len() >= told + SEEN_AT_ONCE || (all && chunks.len() > told) {
@@ -428,7 +448,14 @@ fn chunk_range<E>(
         tell(&hasher.chunks, false);
     }
     let mut chunks = hasher.finish();
-    tell(&chunks, true);
+    // The last chunk of a segment before the last ends where the segment was cut, not where the
+    // content says: not told (the stitch tells the true one).
+    let whole = if last {
+        chunks.len()
+    } else {
+        chunks.len().saturating_sub(1)
+    };
+    tell(&chunks[..whole], true);
     for c in &mut chunks {
         c.offset += start;
     }

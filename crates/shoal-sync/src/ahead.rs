@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_core::chunk::{Chunk, Hash};
-use shoal_core::ignore::TEMP_PREFIX;
 use shoal_index::{PeerKey, Preview};
 use shoal_scan::WriteBehind;
 use tokio::sync::broadcast::error::RecvError;
@@ -33,14 +32,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
 use super::{
-    Filling, PullerConfig, Shared, WRITES_QUEUED, abs, fetch_verified, index, lock, preallocate,
-    remove_temporaries, root, shuffler, write_fetched,
+    Filling, PullerConfig, Shared, WRITES_QUEUED, abs, fetch_verified, hidden_beside, index, lock,
+    preallocate, remove_temporaries, root, shuffler, write_fetched,
 };
 
 /// Chunk fetches in flight at once per file fetched ahead.
 const AT_ONCE: usize = 32;
 /// A file fetched ahead whose record has not come this long after its last preview is dropped.
 pub(super) const KEEP: Duration = Duration::from_secs(60);
+/// How long a halted fetch ahead waits for the answers still on their way.
+const HALT_WAIT: Duration = Duration::from_secs(2);
 /// How often files fetched ahead are looked at for [`KEEP`].
 const SWEEP: Duration = Duration::from_secs(10);
 
@@ -91,19 +92,7 @@ fn is_ahead_path(path: &Path) -> bool {
 
 /// The temporary a file is fetched ahead into.
 fn ahead_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut short = name.as_str();
-    while short.len() > 120 {
-        let mut end = 120.min(short.len() - 1);
-        while !short.is_char_boundary(end) {
-            end -= 1;
-        }
-        short = &short[..end];
-    }
-    path.with_file_name(format!("{TEMP_PREFIX}{short}.ahead.tmp"))
+    hidden_beside(path, "ahead.tmp")
 }
 
 /// Takes peers' previews for as long as the puller runs; removes what it fetched ahead when it
@@ -290,8 +279,13 @@ async fn fetch_ahead(
         });
         while fetches.try_join_next().is_some() {}
     }
-    // Halted: what is still on its way is not waited for (a peer that stopped answering would
-    // hold the file's pull up until its request timed out); the pull fetches it if it needs it.
+    // Halted: what is still on its way is waited for a moment (its bytes are on the wire), not
+    // longer (a peer that stopped answering would hold the file's pull up until its request
+    // timed out); the pull fetches whatever it needs that did not come.
+    let _ = tokio::time::timeout(HALT_WAIT, async {
+        while fetches.join_next().await.is_some() {}
+    })
+    .await;
     fetches.shutdown().await;
     drop(to_writer);
     writer.await.map_err(|e| io::Error::other(e.to_string()))?

@@ -1335,6 +1335,13 @@ fn write_small(
 /// The temporary file for `target`: hidden, in the same directory (so the rename is atomic),
 /// named after the content (so an interrupted download resumes into the same file).
 fn temp_path(path: &Path, hash: &Hash) -> PathBuf {
+    let hex = hash.to_hex();
+    hidden_beside(path, &format!("{}.tmp", &hex[..16]))
+}
+
+/// A hidden temporary beside `path`: `.~shoal.<name>.<suffix>`, the name cut to 120 bytes (on a
+/// character boundary) so that the whole stays within a file name's 255.
+fn hidden_beside(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -1347,8 +1354,7 @@ fn temp_path(path: &Path, hash: &Hash) -> PathBuf {
         }
         short = &short[..end];
     }
-    let hex = hash.to_hex();
-    path.with_file_name(format!("{TEMP_PREFIX}{short}.{}.tmp", &hex[..16]))
+    path.with_file_name(format!("{TEMP_PREFIX}{short}.{suffix}"))
 }
 
 async fn assemble(
