@@ -418,9 +418,12 @@ impl Scanner {
                 .map(|d| {
                     let previous = self.previous_chunks(d);
                     let at: Arc<Path> = abs(&self.root, &d.path).into();
-                    // A large file's chunks are previewed to peers as they are found (only
-                    // those read on every core: from PARALLEL_MIN on).
-                    let large = d.stat.size >= crate::hash::PARALLEL_MIN;
+                    // A large new file's chunks are previewed to peers as they are found (only
+                    // those read on every core: from PARALLEL_MIN on). Not a changed one's: its
+                    // peers hold most of its chunks already, and the preview's hashes would be
+                    // most of what goes over the wire (1 byte inserted at the start of 1 GiB:
+                    // ~180 kB of previews for one new chunk).
+                    let large = d.stat.size >= crate::hash::PARALLEL_MIN && previous.is_none();
                     let tell = |chunks: &[shoal_core::chunk::Chunk]| {
                         self.index.preview(&at, &d.path, d.stat.size, chunks);
                     };
