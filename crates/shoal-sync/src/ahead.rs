@@ -84,6 +84,21 @@ impl Ahead {
     }
 }
 
+/// How many files are being fetched ahead, and the bytes written into them so far.
+pub(super) fn status(shared: &Shared) -> (u64, u64) {
+    let aheads = lock(&shared.aheads);
+    let bytes = aheads
+        .values()
+        .map(|a| {
+            lock(&a.written)
+                .values()
+                .map(|(_, len)| u64::from(*len))
+                .sum::<u64>()
+        })
+        .sum();
+    (aheads.len() as u64, bytes)
+}
+
 /// Whether `path` is a temporary a file was fetched ahead into.
 fn is_ahead_path(path: &Path) -> bool {
     path.file_name()
@@ -466,10 +481,13 @@ mod tests {
         take(&config, &shared, &preview(&chunks[..2], size)).await;
         take(&config, &shared, &preview(&chunks[2..half], size)).await;
         written(&shared, half).await;
+        let bytes: u64 = chunks[..half].iter().map(|c| u64::from(c.len)).sum();
+        assert_eq!(status(&shared), (1, bytes), "shown in the status");
         // The record arrives: the pull's temporary is the one fetched ahead.
         let temp = config.scanner.root().join(".~shoal.big.0123.tmp");
         let adopted = adopt(&config, &shared, "big", &temp).await.unwrap();
         assert_eq!(adopted.len(), half);
+        assert_eq!(status(&shared), (0, 0));
         assert!(lock(&shared.aheads).is_empty());
         assert!(!ahead_path(&config.scanner.root().join("big")).exists());
         let held = fs::read(&temp).unwrap();

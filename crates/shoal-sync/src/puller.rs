@@ -153,6 +153,10 @@ pub struct SyncStatus {
     /// Since the daemon started: bytes fetched from peers, and bytes reused from local files.
     pub fetched_bytes: u64,
     pub copied_bytes: u64,
+    /// Large new files being fetched ahead of their records (see [`ahead`]), and the bytes of
+    /// them written so far.
+    pub ahead_files: u64,
+    pub ahead_bytes: u64,
     /// Files replaced from peers since the daemon started, and conflict copies made.
     pub files_pulled: u64,
     pub conflicts: u64,
@@ -172,6 +176,8 @@ impl Default for SyncStatus {
             bytes_per_s: 0.0,
             fetched_bytes: 0,
             copied_bytes: 0,
+            ahead_files: 0,
+            ahead_bytes: 0,
             files_pulled: 0,
             conflicts: 0,
             error: None,
@@ -232,6 +238,7 @@ impl Puller {
         s.bytes_left = s.bytes_left.saturating_sub(done);
         s.fetched_bytes = self.shared.fetched.load(Ordering::Relaxed);
         s.copied_bytes = self.shared.copied.load(Ordering::Relaxed);
+        (s.ahead_files, s.ahead_bytes) = ahead::status(&self.shared);
         if s.state != SyncState::Idle
             && let Some(started) = *lock(&self.shared.round_started)
         {

@@ -354,6 +354,14 @@ fn print_sync(sync: &serde_json::Value) {
         Some("paused") => print_paused(sync),
         _ => {}
     }
+    if n("ahead_files") > 0 {
+        println!(
+            "    fetching ahead: {} new file{} a peer is still reading, {} so far",
+            n("ahead_files"),
+            if n("ahead_files") == 1 { "" } else { "s" },
+            bytes(n("ahead_bytes")),
+        );
+    }
     if n("files_pulled") > 0 || n("conflicts") > 0 {
         println!(
             "    since start: {} files pulled, {} fetched, {} reused locally, {} conflicts",
