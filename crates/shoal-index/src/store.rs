@@ -635,8 +635,12 @@ impl Index {
     /// This node is indexing the new file `path` (at `abs`, `size` bytes) and has found `chunks`
     /// of it so far: they are served from the file (hashed again, as it may change) until
     /// [`Index::assembled`]`(abs)`, and told to whoever [`Index::subscribe_previews`] (the peer
-    /// layer, which tells the peers: `Preview`).
+    /// layer, which tells the peers: `Preview`). Nothing at all while nobody subscribes (a
+    /// read-only holder's peer layer does not: its files never become records).
     pub fn preview(&self, abs: &Arc<Path>, path: &str, size: u64, chunks: &[Chunk]) {
+        if self.previews.receiver_count() == 0 {
+            return;
+        }
         {
             let mut assembling = lock(&self.assembling);
             for c in chunks {

@@ -417,15 +417,18 @@ impl Scanner {
                 .par_iter()
                 .map(|d| {
                     let previous = self.previous_chunks(d);
-                    let at: Arc<Path> = abs(&self.root, &d.path).into();
+                    let at = abs(&self.root, &d.path);
                     // A large new file's chunks are previewed to peers as they are found (only
                     // those read on every core: from PARALLEL_MIN on). Not a changed one's: its
                     // peers hold most of its chunks already, and the preview's hashes would be
                     // most of what goes over the wire (1 byte inserted at the start of 1 GiB:
                     // ~180 kB of previews for one new chunk).
                     let large = d.stat.size >= crate::hash::PARALLEL_MIN && previous.is_none();
+                    let shared: Option<Arc<Path>> = large.then(|| at.as_path().into());
                     let tell = |chunks: &[shoal_core::chunk::Chunk]| {
-                        self.index.preview(&at, &d.path, d.stat.size, chunks);
+                        if let Some(file) = &shared {
+                            self.index.preview(file, &d.path, d.stat.size, chunks);
+                        }
                     };
                     let r = hash_file(
                         &at,
@@ -434,8 +437,8 @@ impl Scanner {
                         &self.progress,
                         &self.stop,
                     );
-                    if large {
-                        previewed.add(at);
+                    if let Some(file) = shared {
+                        previewed.add(file);
                     }
                     self.progress.file_done();
                     (d, r)

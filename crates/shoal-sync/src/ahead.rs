@@ -498,7 +498,7 @@ mod tests {
         }
         // The copier keeps them without reading them again; the rest is missing.
         let (filling, missing) =
-            copy_local(&config, &shared, &temp, chunks.clone(), &Some(adopted)).unwrap();
+            copy_local(&config, &shared, &temp, chunks.clone(), Some(&adopted)).unwrap();
         assert_eq!(missing, chunks[half..].to_vec());
         // Passed on to other peers from the adopted temporary.
         let served = index(&config)

@@ -1392,10 +1392,12 @@ async fn assemble(
         let shared = shared.clone();
         let into = temp.clone();
         let chunks: Vec<_> = need.target.chunks_with_offsets().collect();
-        tokio::task::spawn_blocking(move || copy_local(&config, &shared, &into, chunks, &ahead))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
+        tokio::task::spawn_blocking(move || {
+            copy_local(&config, &shared, &into, chunks, ahead.as_ref())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
     };
     debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
     let file = filling.file.clone();
@@ -1608,7 +1610,7 @@ fn copy_local(
     shared: &Shared,
     temp: &Path,
     chunks: Vec<shoal_core::chunk::Chunk>,
-    ahead: &Option<ahead::Written>,
+    ahead: Option<&ahead::Written>,
 ) -> io::Result<(Filling, Vec<shoal_core::chunk::Chunk>)> {
     let file = OpenOptions::new()
         .read(true)
@@ -2294,7 +2296,7 @@ mod tests {
         let (_tmp, config) = namespace(&[("big", &old)]);
         let shared = Shared::default();
         let temp = root(&config).join("t1");
-        let (filling, missing) = must(copy_local(&config, &shared, &temp, chunks.clone(), &None));
+        let (filling, missing) = must(copy_local(&config, &shared, &temp, chunks.clone(), None));
         drop(filling);
         let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
         assert_eq!(missing_bytes, fresh);
@@ -2312,7 +2314,7 @@ mod tests {
         edited[1 << 20..(1 << 20) + 10].fill(7);
         must(fs::write(root(&config).join("big"), &edited));
         let temp = root(&config).join("t2");
-        let (filling, missing2) = must(copy_local(&config, &shared, &temp, chunks.clone(), &None));
+        let (filling, missing2) = must(copy_local(&config, &shared, &temp, chunks.clone(), None));
         drop(filling);
         assert!(missing2.len() > missing.len());
         let got = must(fs::read(&temp));
