@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::assembling::{Assembling, Piece};
-use crate::entry::{Entry, Kind, LocalStat, Stamp};
+use crate::entry::{DiskStat, Entry, Kind, LocalStat, Stamp};
 use crate::error::IndexError;
 
 /// The schema this code writes. Older schemas are migrated forward on open (see [`migrate`]); a
@@ -610,11 +610,24 @@ impl Index {
     fn read_assembling(&self, hash: &Hash, head: impl Fn(usize) -> Vec<u8>) -> Option<Vec<u8>> {
         let piece = lock(&self.assembling).get(hash)?;
         let mut file = open_nofollow(&piece.temp)?;
+        let unchanged = |file: &std::fs::File, live: &DiskStat| {
+            file.metadata()
+                .is_ok_and(|m| DiskStat::from_metadata(&m).as_ref() == Some(live))
+        };
+        let before = piece
+            .live
+            .as_ref()
+            .is_some_and(|live| unchanged(&file, live));
         let mut buf = head(piece.len as usize);
         let start = buf.len();
-        (read_after(&mut file, piece.offset, piece.len, &mut buf)
-            && (!piece.verify || Hash::of(&buf[start..]) == *hash))
-            .then_some(buf)
+        if !read_after(&mut file, piece.offset, piece.len, &mut buf) {
+            return None;
+        }
+        let trusted = match &piece.live {
+            None => true,
+            Some(live) => before && unchanged(&file, live),
+        };
+        (trusted || Hash::of(&buf[start..]) == *hash).then_some(buf)
     }
 
     /// Records that the temporary `temp` of a file being assembled holds chunk `hash` at
@@ -627,17 +640,18 @@ impl Index {
                 temp: temp.clone(),
                 offset,
                 len,
-                verify: false,
+                live: None,
             },
         )
     }
 
-    /// This node is indexing the new file `path` (at `abs`, `size` bytes) and has found `chunks`
-    /// of it so far: they are served from the file (hashed again, as it may change) until
+    /// This node is indexing the new file `path` (at `abs`, whose stat was `stat` when the
+    /// indexer found it) and has found `chunks` of it so far: they are served from the file
+    /// (hashed again unless it still shows `stat`, as it may change) until
     /// [`Index::assembled`]`(abs)`, and told to whoever [`Index::subscribe_previews`] (the peer
     /// layer, which tells the peers: `Preview`). Nothing at all while nobody subscribes (a
     /// read-only holder's peer layer does not: its files never become records).
-    pub fn preview(&self, abs: &Arc<Path>, path: &str, size: u64, chunks: &[Chunk]) {
+    pub fn preview(&self, abs: &Arc<Path>, path: &str, stat: DiskStat, chunks: &[Chunk]) {
         if self.previews.receiver_count() == 0 {
             return;
         }
@@ -650,7 +664,7 @@ impl Index {
                         temp: abs.clone(),
                         offset: c.offset,
                         len: c.len,
-                        verify: true,
+                        live: Some(stat),
                     },
                 );
             }
@@ -658,7 +672,7 @@ impl Index {
         let _ = self.previews.send(Arc::new(Preview {
             from: None,
             path: path.to_owned(),
-            size,
+            size: stat.size,
             chunks: chunks.to_vec(),
         }));
     }

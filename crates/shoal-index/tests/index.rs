@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use shoal_core::chunk::Hash;
 use shoal_core::secret::ShareId;
 use shoal_core::version::{DeviceId, VersionVector};
-use shoal_index::{ChunkRef, Entry, Index, Kind, LocalStat};
+use shoal_index::{ChunkRef, DiskStat, Entry, Index, Kind, LocalStat};
 
 const SHARE: ShareId = ShareId([7; 16]);
 const DEV: DeviceId = DeviceId(0x0102_0304_0506_0708);
@@ -152,6 +152,64 @@ fn a_chunk_is_read_from_an_unchanged_file_and_verified_from_a_changed_one() {
     assert_eq!(index.read_chunk(&root, &second), None);
     let first = Hash::of(&data[..1000]);
     assert_eq!(index.read_chunk(&root, &first).unwrap(), &data[..1000]);
+}
+
+#[test]
+fn a_previewed_chunk_is_served_from_its_live_file_unhashed_while_its_stat_holds() {
+    use shoal_core::chunk::Chunk;
+    use std::path::Path;
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let index = open(&tmp);
+    let root = tmp.path().join("ns");
+    std::fs::create_dir_all(&root).unwrap();
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(root.join("f"), &data).unwrap();
+    let stat = DiskStat::from_metadata(&std::fs::symlink_metadata(root.join("f")).unwrap());
+    let mut chunks: Vec<Chunk> = data
+        .chunks(1000)
+        .enumerate()
+        .map(|(i, c)| Chunk {
+            offset: i as u64 * 1000,
+            len: 1000,
+            hash: Hash::of(c),
+        })
+        .collect();
+    // A chunk the indexer got wrong (it never does; here it shows what is trusted): the bytes
+    // at its place are not hashed while the file shows the stat it was found with.
+    chunks.push(Chunk {
+        offset: 0,
+        len: 1000,
+        hash: h(9),
+    });
+    let abs: Arc<Path> = root.join("f").into();
+    // Nobody to preview to: nothing is kept.
+    index.preview(&abs, "f", stat.unwrap(), &chunks);
+    assert_eq!(index.read_chunk(&root, &chunks[1].hash), None);
+    let _peers = index.subscribe_previews();
+    index.preview(&abs, "f", stat.unwrap(), &chunks);
+    assert_eq!(
+        index.read_chunk(&root, &chunks[1].hash).unwrap(),
+        &data[1000..2000]
+    );
+    assert_eq!(index.read_chunk(&root, &h(9)).unwrap(), &data[..1000]);
+
+    // Rewritten with one byte changed: the stat moved, every chunk is hashed as it is read.
+    // (File times come from a clock that ticks every few milliseconds: a rewrite within the
+    // same tick could keep them.)
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut other = data.clone();
+    other[1500] ^= 1;
+    std::fs::write(root.join("f"), &other).unwrap();
+    assert_eq!(index.read_chunk(&root, &chunks[1].hash), None);
+    assert_eq!(index.read_chunk(&root, &h(9)), None);
+    assert_eq!(
+        index.read_chunk(&root, &chunks[0].hash).unwrap(),
+        &data[..1000]
+    );
+    // Indexed: served from the index's places from then on.
+    index.assembled(&abs);
+    assert_eq!(index.read_chunk(&root, &chunks[0].hash), None);
 }
 
 #[test]

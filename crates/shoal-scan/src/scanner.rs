@@ -427,7 +427,7 @@ impl Scanner {
                     let shared: Option<Arc<Path>> = large.then(|| at.as_path().into());
                     let tell = |chunks: &[shoal_core::chunk::Chunk]| {
                         if let Some(file) = &shared {
-                            self.index.preview(file, &d.path, d.stat.size, chunks);
+                            self.index.preview(file, &d.path, d.stat, chunks);
                         }
                     };
                     let r = hash_file(
