@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 
 /// Writeback is started per this much written.
-const STEP: u64 = 8 << 20;
+pub const STEP: u64 = 8 << 20;
 /// Written data stays in the page cache this far behind the writer, then it is waited for and
 /// dropped.
 const BEHIND: u64 = 64 << 20;

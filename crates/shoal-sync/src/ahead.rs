@@ -33,7 +33,7 @@ use tracing::debug;
 
 use super::{
     FETCH_WINDOW, Filling, PullerConfig, Shared, WRITES_QUEUED, abs, fetch_verified, hidden_beside,
-    index, lock, preallocate, remove_temporaries, root, shuffler, write_fetched,
+    index, lock, preallocate, remove_temporaries, root, shuffle_steps, shuffler, write_fetched,
 };
 
 /// Chunk fetches in flight at once per file fetched ahead.
@@ -258,7 +258,7 @@ async fn fetch_ahead(
     let slots = Arc::new(Semaphore::new(AT_ONCE));
     let mut fetches = JoinSet::new();
     // Chunks previewed and not asked for yet, by offset, taken a window at a time in a random
-    // order: nodes fetching the same file ahead then seldom ask its source for the same chunk at
+    // order (`shuffle_steps`): nodes fetching the same file ahead then seldom ask its source for the same chunk at
     // once, and pass on to each other (`Have`) what each got; the windows keep the writes near
     // the front of the write-behind window, which drops what lies behind it (picked at random
     // from all that was previewed, the writes scattered over the whole file: with three peers
@@ -282,11 +282,14 @@ async fn fetch_ahead(
                 }
             }
             window = next_window(&mut pending);
+            shuffle_steps(&mut window, &mut random);
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let chunk = window.swap_remove((random() % window.len() as u64) as usize);
+        let Some(chunk) = window.pop() else {
+            continue;
+        };
         let local = index(&config)
             .chunk_locations(&chunk.hash)
             .is_ok_and(|l| !l.is_empty());
