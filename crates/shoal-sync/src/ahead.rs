@@ -258,12 +258,12 @@ async fn fetch_ahead(
     let slots = Arc::new(Semaphore::new(AT_ONCE));
     let mut fetches = JoinSet::new();
     // Chunks previewed and not asked for yet, by offset, taken a window at a time in a random
-    // order (`shuffle_steps`): nodes fetching the same file ahead then seldom ask its source for the same chunk at
-    // once, and pass on to each other (`Have`) what each got; the windows keep the writes near
-    // the front of the write-behind window, which drops what lies behind it (picked at random
-    // from all that was previewed, the writes scattered over the whole file: with three peers
-    // fetching 1 GiB ahead, 2.5 GB of new page cache, 1.8 GB of it dirty at once, where each new
-    // page costs this VM a fault to the host).
+    // order (`shuffle_steps`): nodes fetching the same file ahead then seldom ask its source for
+    // the same chunk at once, and pass on to each other (`Have`) what each got; the windows keep
+    // the writes near the front of the write-behind window, which drops what lies behind it
+    // (picked at random from all that was previewed, the writes scattered over the whole file:
+    // with three peers fetching 1 GiB ahead, 2.5 GB of new page cache, 1.8 GB of it dirty at
+    // once, where each new page costs this VM a fault to the host).
     let mut pending: BTreeMap<u64, Chunk> = BTreeMap::new();
     let mut window: Vec<Chunk> = Vec::new();
     let mut random = shuffler();
