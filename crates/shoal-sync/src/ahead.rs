@@ -10,9 +10,9 @@
 //!
 //! A preview changes nothing: it is never the source of a file, only of chunks whose hashes the
 //! record must then list. A temporary that no record claims within [`KEEP`] of its last preview
-//! is removed, and so is every one when the puller stops (nothing could resume into it). Only a
-//! path whose directory exists here is fetched ahead (creating one would be a change), and never
-//! an ignored one.
+//! is removed, and so is every one when the puller stops (nothing could resume into it). A path
+//! whose directory is not here yet (a new directory's records come with the file's) is fetched
+//! ahead into `.sync/ahead/` (creating the directory would be a change); an ignored one never.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_core::chunk::{Chunk, Hash};
+use shoal_core::ignore::TEMP_PREFIX;
 use shoal_index::{PeerKey, Preview};
 use shoal_scan::WriteBehind;
 use tokio::sync::broadcast::error::RecvError;
@@ -105,9 +106,33 @@ fn is_ahead_path(path: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().ends_with(".ahead.tmp"))
 }
 
-/// The temporary a file is fetched ahead into.
+/// The temporary a file is fetched ahead into, beside it.
 fn ahead_path(path: &Path) -> PathBuf {
     hidden_beside(path, "ahead.tmp")
+}
+
+/// Where files whose directory is not here yet are fetched ahead, under the namespace's root.
+const AHEAD_DIR: &str = ".sync/ahead";
+
+/// The temporary the file `path` (at `at` under `root`) is fetched ahead into: beside it when its
+/// directory is here, else in [`AHEAD_DIR`], named by the path's hash (a new directory's record
+/// comes with the file's, after its source has indexed it: a large file in a new directory was
+/// not fetched ahead at all). `None` when the namespace's `.sync` is not there.
+fn ahead_temp(root: &Path, path: &str, at: &Path) -> Option<PathBuf> {
+    if at.parent().is_some_and(Path::is_dir) {
+        return Some(ahead_path(at));
+    }
+    if !root.join(".sync").is_dir() {
+        return None;
+    }
+    let dir = root.join(AHEAD_DIR);
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let id = Hash::of(path.as_bytes()).to_hex();
+    Some(dir.join(format!("{TEMP_PREFIX}{}.ahead.tmp", &id[..32])))
 }
 
 /// Takes peers' previews for as long as the puller runs; removes what it fetched ahead when it
@@ -119,8 +144,12 @@ pub(super) async fn take_previews(
 ) {
     let mut previews = index(&config).subscribe_peer_previews();
     let dir = root(&config).to_path_buf();
-    if let Ok((n, bytes)) =
-        tokio::task::spawn_blocking(move || remove_temporaries(&dir, is_ahead_path)).await
+    if let Ok((n, bytes)) = tokio::task::spawn_blocking(move || {
+        let (n, bytes) = remove_temporaries(&dir, is_ahead_path);
+        let (m, more) = remove_temporaries(&dir.join(AHEAD_DIR), is_ahead_path);
+        (n + m, bytes + more)
+    })
+    .await
         && n > 0
     {
         debug!(namespace = %config.name, files = n, bytes, "removed what an earlier run fetched ahead");
@@ -169,11 +198,14 @@ async fn take(config: &Arc<PullerConfig>, shared: &Arc<Shared>, preview: &Previe
     if let Some(old) = replaced {
         discard(config.clone(), old).await;
     }
-    let at = abs(root(config), &preview.path);
-    if !at.parent().is_some_and(Path::is_dir) || recorded(config, from, preview) {
+    if recorded(config, from, preview) {
         return;
     }
-    let temp: Arc<Path> = ahead_path(&at).into();
+    let at = abs(root(config), &preview.path);
+    let Some(temp) = ahead_temp(root(config), &preview.path, &at) else {
+        return;
+    };
+    let temp: Arc<Path> = temp.into();
     let (more, incoming) = mpsc::unbounded_channel();
     let _ = more.send(chunks);
     let written = Arc::new(Mutex::new(Written::new()));
@@ -586,6 +618,7 @@ mod tests {
         let left = [
             ahead_path(&root.join("big")),
             ahead_path(&root.join("sub/other")),
+            ahead_temp(&root, "gone/big", &root.join("gone/big")).unwrap(),
         ];
         let resumable = root.join(".~shoal.big.0123456789abcdef.tmp");
         for f in left.iter().chain([&resumable]) {
@@ -636,12 +669,36 @@ mod tests {
         assert!(adopt(&config, &shared, "big", &own).await.is_none());
         assert_eq!(fs::read(&own).unwrap(), b"resumed");
         assert!(!temp.exists());
-        // A preview of a path whose directory is not here, or of another size, starts nothing
-        // / starts over.
+        // A path whose directory is not here yet is fetched ahead under `.sync/ahead`, and no
+        // directory of the namespace is made for it; its record comes (the directory's first):
+        // the pull adopts it there.
+        let root = config.scanner.root().to_path_buf();
         let mut elsewhere = preview(&chunks, size);
-        elsewhere.path = "no/such/dir/big".into();
+        elsewhere.path = "new/dir/big".into();
         take(&config, &shared, &elsewhere).await;
-        assert!(lock(&shared.aheads).is_empty());
+        let away = lock(&shared.aheads)
+            .get("new/dir/big")
+            .map(|a| a.temp.to_path_buf())
+            .unwrap();
+        assert!(away.starts_with(root.join(AHEAD_DIR)), "{away:?}");
+        assert!(is_ahead_path(&away));
+        for _ in 0..500 {
+            let done = lock(&shared.aheads)
+                .get("new/dir/big")
+                .is_some_and(|a| lock(&a.written).len() == chunks.len());
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!root.join("new").exists(), "no directory is made for it");
+        fs::create_dir_all(root.join("new/dir")).unwrap();
+        let own = root.join("new/dir/.~shoal.big.0123.tmp");
+        let adopted = adopt(&config, &shared, "new/dir/big", &own).await;
+        assert_eq!(adopted.map(|w| w.len()), Some(chunks.len()));
+        assert!(!away.exists());
+        assert!(fs::read(&own).unwrap() == data);
+        // Another size starts over.
         take(&config, &shared, &preview(&chunks[..1], size)).await;
         take(&config, &shared, &preview(&chunks[..1], size + 1)).await;
         assert_eq!(
