@@ -114,15 +114,22 @@ fn local_stat_updates_do_not_create_changes() {
     assert_eq!(a.seq, 1);
 }
 
-#[test]
-fn a_chunk_is_read_from_an_unchanged_file_and_verified_from_a_changed_one() {
-    use std::os::unix::fs::MetadataExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let index = open(&tmp);
+/// An index, and a namespace root under `tmp` holding the 3,000-byte file `f`: (index, root, f's
+/// bytes).
+fn with_a_file(tmp: &tempfile::TempDir) -> (Index, std::path::PathBuf, Vec<u8>) {
+    let index = open(tmp);
     let root = tmp.path().join("ns");
     std::fs::create_dir_all(&root).unwrap();
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(root.join("f"), &data).unwrap();
+    (index, root, data)
+}
+
+#[test]
+fn a_chunk_is_read_from_an_unchanged_file_and_verified_from_a_changed_one() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (index, root, data) = with_a_file(&tmp);
     let m = std::fs::metadata(root.join("f")).unwrap();
     let mut e = file(&[]);
     e.size = data.len() as u64;
@@ -160,11 +167,7 @@ fn a_previewed_chunk_is_served_from_its_live_file_unhashed_while_its_stat_holds(
     use std::path::Path;
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
-    let index = open(&tmp);
-    let root = tmp.path().join("ns");
-    std::fs::create_dir_all(&root).unwrap();
-    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(root.join("f"), &data).unwrap();
+    let (index, root, data) = with_a_file(&tmp);
     let stat = DiskStat::from_metadata(&std::fs::symlink_metadata(root.join("f")).unwrap());
     let mut chunks: Vec<Chunk> = data
         .chunks(1000)
