@@ -394,12 +394,8 @@ pub fn chunk_in_parallel_seen<E: Send>(
             Some((s, i)) => {
                 // The chunks of segment `s` from the common cut on are the file's: tell those
                 // its chunker held back (see `chunk_range`).
-                let whole = if s + 1 == pieces.len() {
-                    pieces[s].len()
-                } else {
-                    pieces[s].len().saturating_sub(1)
-                };
-                let held = (i + 1)..SEEN_SKIPPED.min(whole);
+                let held =
+                    (i + 1)..SEEN_SKIPPED.min(settled(pieces[s].len(), s + 1 == pieces.len()));
                 if !held.is_empty() {
                     seen(&pieces[s][held]);
                 }
@@ -410,6 +406,12 @@ pub fn chunk_in_parallel_seen<E: Send>(
         }
     }
     Ok(out)
+}
+
+/// Of a segment's `n` chunks, how many end where the content says: all in the file's last
+/// segment (`last`), all but the one cut off at the segment's end in any other.
+fn settled(n: usize, last: bool) -> usize {
+    if last { n } else { n.saturating_sub(1) }
 }
 
 /// Chunks `start..end` as though a chunk began at `start`; `last`: `end` is the file's end.
@@ -450,12 +452,7 @@ fn chunk_range<E>(
     let mut chunks = hasher.finish();
     // The last chunk of a segment before the last ends where the segment was cut, not where the
     // content says: not told (the stitch tells the true one).
-    let whole = if last {
-        chunks.len()
-    } else {
-        chunks.len().saturating_sub(1)
-    };
-    tell(&chunks[..whole], true);
+    tell(&chunks[..settled(chunks.len(), last)], true);
     for c in &mut chunks {
         c.offset += start;
     }

@@ -587,18 +587,12 @@ impl Index {
             let Some(mut file) = open_nofollow(&root.join(&loc.path)) else {
                 continue;
             };
-            let unchanged =
-                |file: &std::fs::File| file.metadata().is_ok_and(|m| loc.stamp.still_describes(&m));
-            let before = unchanged(&file);
+            // A file unchanged since it was indexed holds the chunk the index says (the
+            // receiver verifies it anyway): hashing it again here was a fifth of a sender's CPU.
             let mut buf = head(loc.len as usize);
-            let start = buf.len();
-            if !read_after(&mut file, loc.offset, loc.len, &mut buf) {
-                continue;
-            }
-            // A file unchanged since it was indexed, before and after the read, holds the chunk
-            // the index says (the receiver verifies it anyway): hashing it again here was a
-            // fifth of a sender's CPU. Anything else is verified.
-            if (before && unchanged(&file)) || Hash::of(&buf[start..]) == *hash {
+            if read_as_chunk(&mut file, loc.offset, loc.len, hash, &mut buf, |m| {
+                loc.stamp.still_describes(m)
+            }) {
                 return Some(buf);
             }
         }
@@ -606,28 +600,19 @@ impl Index {
     }
 
     /// A chunk from the temporary of a file being assembled, as written there (it was verified
-    /// on arrival; the asker verifies it again).
+    /// on arrival; the asker verifies it again), or from a live file being indexed (a preview:
+    /// stat-trusted, see [`Piece::live`]).
     fn read_assembling(&self, hash: &Hash, head: impl Fn(usize) -> Vec<u8>) -> Option<Vec<u8>> {
         let piece = lock(&self.assembling).get(hash)?;
         let mut file = open_nofollow(&piece.temp)?;
-        let unchanged = |file: &std::fs::File, live: &DiskStat| {
-            file.metadata()
-                .is_ok_and(|m| DiskStat::from_metadata(&m).as_ref() == Some(live))
-        };
-        let before = piece
-            .live
-            .as_ref()
-            .is_some_and(|live| unchanged(&file, live));
         let mut buf = head(piece.len as usize);
-        let start = buf.len();
-        if !read_after(&mut file, piece.offset, piece.len, &mut buf) {
-            return None;
-        }
-        let trusted = match &piece.live {
-            None => true,
-            Some(live) => before && unchanged(&file, live),
+        let read = match piece.live {
+            None => read_after(&mut file, piece.offset, piece.len, &mut buf),
+            Some(live) => read_as_chunk(&mut file, piece.offset, piece.len, hash, &mut buf, |m| {
+                DiskStat::from_metadata(m) == Some(live)
+            }),
         };
-        (trusted || Hash::of(&buf[start..]) == *hash).then_some(buf)
+        read.then_some(buf)
     }
 
     /// Records that the temporary `temp` of a file being assembled holds chunk `hash` at
@@ -990,6 +975,25 @@ fn open_nofollow(path: &Path) -> Option<std::fs::File> {
 
 /// Appends `len` bytes of `file` at `offset` to `buf`, read into its spare room (no zeroing
 /// first); false unless all of them were there.
+/// Reads `len` bytes at `offset` of `file` onto the end of `buf` as chunk `hash`: taken as read
+/// when `unchanged` holds of the file's metadata before and after the read (its stat is still the
+/// one the chunk was found with), hashed otherwise. False if it could not be read or is not the
+/// chunk.
+fn read_as_chunk(
+    file: &mut std::fs::File,
+    offset: u64,
+    len: u32,
+    hash: &Hash,
+    buf: &mut Vec<u8>,
+    unchanged: impl Fn(&std::fs::Metadata) -> bool,
+) -> bool {
+    let holds = |file: &std::fs::File| file.metadata().is_ok_and(|m| unchanged(&m));
+    let start = buf.len();
+    let before = holds(file);
+    read_after(file, offset, len, buf)
+        && ((before && holds(file)) || Hash::of(&buf[start..]) == *hash)
+}
+
 fn read_after(file: &mut std::fs::File, offset: u64, len: u32, buf: &mut Vec<u8>) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     file.seek(SeekFrom::Start(offset))
