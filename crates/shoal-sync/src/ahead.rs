@@ -32,8 +32,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
+use crate::beneath;
+
 use super::{
-    FETCH_WINDOW, Filling, PullerConfig, Shared, WRITES_QUEUED, abs, fetch_verified, hidden_beside,
+    FETCH_WINDOW, Filling, PullerConfig, Shared, WRITES_QUEUED, fetch_verified, hidden_beside,
     index, lock, preallocate, remove_temporaries, root, shuffle_steps, shuffler, write_fetched,
 };
 
@@ -118,9 +120,12 @@ const AHEAD_DIR: &str = ".sync/ahead";
 /// directory is here, else in [`AHEAD_DIR`], named by the path's hash (a new directory's record
 /// comes with the file's, after its source has indexed it: a large file in a new directory was
 /// not fetched ahead at all). `None` when the namespace's `.sync` is not there.
-fn ahead_temp(root: &Path, path: &str, at: &Path) -> Option<PathBuf> {
-    if at.parent().is_some_and(Path::is_dir) {
-        return Some(ahead_path(at));
+fn ahead_temp(root: &Path, path: &str) -> Option<PathBuf> {
+    match beneath::checked(root, path) {
+        Ok(at) => return Some(ahead_path(&at)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Under a symlink or a file here: its pull will say why.
+        Err(_) => return None,
     }
     if !root.join(".sync").is_dir() {
         return None;
@@ -201,8 +206,7 @@ async fn take(config: &Arc<PullerConfig>, shared: &Arc<Shared>, preview: &Previe
     if recorded(config, from, preview) {
         return;
     }
-    let at = abs(root(config), &preview.path);
-    let Some(temp) = ahead_temp(root(config), &preview.path, &at) else {
+    let Some(temp) = ahead_temp(root(config), &preview.path) else {
         return;
     };
     let temp: Arc<Path> = temp.into();
@@ -618,7 +622,7 @@ mod tests {
         let left = [
             ahead_path(&root.join("big")),
             ahead_path(&root.join("sub/other")),
-            ahead_temp(&root, "gone/big", &root.join("gone/big")).unwrap(),
+            ahead_temp(&root, "gone/big").unwrap(),
         ];
         let resumable = root.join(".~shoal.big.0123456789abcdef.tmp");
         for f in left.iter().chain([&resumable]) {

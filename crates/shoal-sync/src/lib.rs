@@ -3,6 +3,7 @@
 //! peer that has them, and replacing files only atomically, durably, and never over a local edit.
 
 pub mod archive;
+mod beneath;
 pub mod plan;
 pub mod puller;
 pub mod space;

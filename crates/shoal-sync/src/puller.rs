@@ -57,6 +57,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::beneath;
 use crate::plan::{Need, plan};
 use crate::space::{self, DiskFull};
 
@@ -863,31 +864,29 @@ fn make_dirs(config: &PullerConfig, needs: Vec<Need>) -> Errors {
     let mut batch = index(config).batch();
     let mut parents = BTreeSet::new();
     for need in needs {
-        let path = abs(root, &need.path);
         if !unchanged(config, &need) {
             errors.add(&need.path, "changed locally meanwhile");
             continue;
         }
-        let result = (|| -> io::Result<Entry> {
+        let result = (|| -> io::Result<PathBuf> {
+            let path = beneath::made(root, &need.path)?;
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
                     set_aside(config, &need, &path)?;
                     fs::create_dir(&path)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if let Some(parent) = path.parent() {
-                        fs::create_dir_all(parent)?;
-                    }
-                    fs::create_dir(&path)?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&path)?,
                 Err(e) => return Err(e),
             }
+            Ok(path)
+        })()
+        .and_then(|path| {
             fs::set_permissions(&path, fs::Permissions::from_mode(need.target.mode))?;
-            recorded(&need, &path)
-        })();
+            Ok((recorded(&need, &path)?, path))
+        });
         match result {
-            Ok(entry) => {
+            Ok((entry, path)) => {
                 batch.put(&need.path, entry);
                 parents.extend(path.parent().map(Path::to_path_buf));
             }
@@ -926,10 +925,7 @@ fn set_aside(config: &PullerConfig, need: &Need, path: &Path) -> io::Result<()> 
 
 /// Moves `path` (namespace-relative `rel`) into the archive, keeping older archived versions.
 fn archive(root: &Path, rel: &str, path: &Path) -> io::Result<()> {
-    let mut dest = root.join(ARCHIVE_DIR).join(rel);
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)?;
-    }
+    let mut dest = beneath::made(root, &format!("{ARCHIVE_DIR}/{rel}"))?;
     if fs::symlink_metadata(&dest).is_ok() {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1274,14 +1270,12 @@ fn write_smalls(
 ) -> (Vec<Ready>, Errors) {
     let mut ready = Vec::new();
     let mut errors = Errors::default();
-    // Directories seen to exist: a share holds whole directories, each looked at once.
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
     for need in needs {
         if let Some(why) = need.target.chunks.iter().find_map(|c| failed.get(&c.hash)) {
             errors.add(&need.path, why);
             continue;
         }
-        match write_small(config, &need, have, &mut dirs) {
+        match write_small(config, &need, have) {
             Ok(temp) => ready.push(Ready { need, temp }),
             Err(e) => errors.io(&need.path, &e, need.target.size),
         }
@@ -1293,18 +1287,9 @@ fn write_small(
     config: &PullerConfig,
     need: &Need,
     have: &HashMap<Hash, Vec<u8>>,
-    dirs: &mut HashSet<PathBuf>,
 ) -> io::Result<PathBuf> {
-    let path = abs(root(config), &need.path);
+    let path = beneath::made(root(config), &need.path)?;
     let temp = temp_path(&path, &need.target.hash);
-    if let Some(parent) = path.parent()
-        && !dirs.contains(parent)
-    {
-        if !parent.is_dir() {
-            fs::create_dir_all(parent)?;
-        }
-        dirs.insert(parent.to_path_buf());
-    }
     if need.target.kind == Kind::Symlink {
         let link = need.target.target.as_deref().unwrap_or_default();
         if let Err(e) = symlink(link, &temp) {
@@ -1370,11 +1355,9 @@ async fn assemble(
     need: Need,
     fetches: Arc<Semaphore>,
 ) -> Result<Ready, Failure> {
-    let path = abs(root(config), &need.path);
+    let path = beneath::made(root(config), &need.path)
+        .map_err(|e| Failure::io("cannot create its directory", &e))?;
     let temp = temp_path(&path, &need.target.hash);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(|e| Failure::io("cannot create its directory", &e))?;
-    }
     if need.target.kind == Kind::Symlink {
         let link = need.target.target.clone().unwrap_or_default();
         let _ = fs::remove_file(&temp);
@@ -1880,7 +1863,7 @@ impl Sources {
             let file = OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                .open(abs(root, &loc.path))
+                .open(beneath::checked(root, &loc.path).ok()?)
                 .ok()?;
             let opened = file.metadata().ok();
             list.push(Source {
@@ -2052,6 +2035,7 @@ fn finish(config: &PullerConfig, shared: &Shared, ready: Vec<Ready>) -> Errors {
             continue;
         }
         let result = (|| -> io::Result<Entry> {
+            beneath::checked(root, &r.need.path)?;
             if r.need.local.as_ref().is_some_and(|l| !l.deleted) {
                 set_aside(config, &r.need, &path)?;
             }
@@ -2099,11 +2083,13 @@ fn delete(config: &PullerConfig, needs: Vec<Need>) -> Errors {
         }
         let path = abs(root, &need.path);
         let result = match &need.local {
-            Some(l) if !l.deleted => match l.kind {
-                Kind::File if config.archive => archive(root, &need.path, &path),
-                Kind::File | Kind::Symlink => fs::remove_file(&path),
-                Kind::Dir => fs::remove_dir(&path),
-            },
+            Some(l) if !l.deleted => {
+                beneath::checked(root, &need.path).and_then(|path| match l.kind {
+                    Kind::File if config.archive => archive(root, &need.path, &path),
+                    Kind::File | Kind::Symlink => fs::remove_file(&path),
+                    Kind::Dir => fs::remove_dir(&path),
+                })
+            }
             _ => Ok(()),
         };
         match result {
@@ -2330,6 +2316,104 @@ mod tests {
         // Placed differently (an insert shifted the content), or under a block: one piece.
         assert_eq!(clonable_pieces(0, 1, 10 * b), vec![(0, 1, 10 * b)]);
         assert_eq!(clonable_pieces(5, 5, b), vec![(5, 5, b)]);
+    }
+
+    /// Serves the chunks of the contents it was made with.
+    struct Holds(HashMap<Hash, Vec<u8>>);
+    impl ChunkSource for Holds {
+        fn fetch(&self, hash: Hash, _: Vec<PeerKey>) -> Fetching {
+            let answer = self.0.get(&hash).cloned().ok_or_else(|| "none".to_owned());
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// What a peer's record of `path` with these contents (a file) or link target asks for.
+    fn wanted(path: &str, kind: Kind, bytes: &[u8]) -> Need {
+        let chunks = shoal_core::chunk::chunk_bytes(bytes);
+        let mut target = Entry {
+            kind,
+            deleted: false,
+            size: bytes.len() as u64,
+            mode: 0o644,
+            mtime_ns: 1_700_000_000_000_000_000,
+            local: Default::default(),
+            chunks: Vec::new(),
+            hash: Hash::of(bytes),
+            target: None,
+            version: Default::default(),
+            modified_by: shoal_core::version::DeviceId(2),
+            seq: 0,
+        };
+        match kind {
+            Kind::File => {
+                target.hash = shoal_core::chunk::file_hash(&chunks);
+                target.chunks = chunks
+                    .iter()
+                    .map(|c| shoal_index::ChunkRef {
+                        len: c.len,
+                        hash: c.hash,
+                    })
+                    .collect();
+            }
+            Kind::Symlink => target.target = Some(String::from_utf8_lossy(bytes).into_owned()),
+            Kind::Dir => target.size = 0,
+        }
+        Need {
+            path: path.to_owned(),
+            target,
+            sources: vec![[9; 32]],
+            local: None,
+            keep_local_as_conflict: false,
+            version_only: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_written_through_a_symlink_on_the_way() {
+        let (tmp, mut config) = namespace(&[]);
+        let root = root(&config).to_path_buf();
+        let outside = tmp.path().join("outside");
+        must(fs::create_dir(&outside));
+        // A local symlink, not indexed yet, where a peer has a directory.
+        must(symlink(&outside, root.join("link")));
+        let small = b"a small file".to_vec();
+        let large = shoal_core::testing::noise(3 << 20, 5);
+        let mut holds = HashMap::new();
+        for bytes in [&small, &large] {
+            for c in shoal_core::chunk::chunk_bytes(bytes) {
+                let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
+                holds.insert(c.hash, bytes[range].to_vec());
+            }
+        }
+        config.source = Arc::new(Holds(holds));
+        let config = Arc::new(config);
+        let needs = vec![
+            wanted("link/dir", Kind::Dir, b""),
+            wanted("link/small", Kind::File, &small),
+            wanted("link/large", Kind::File, &large),
+            wanted("link/symlink", Kind::Symlink, b"/etc/passwd"),
+            wanted("link/new/deeper/small", Kind::File, &small),
+            wanted("fine/small", Kind::File, &small),
+            wanted("fine/large", Kind::File, &large),
+        ];
+        let shared = Arc::new(Shared::default());
+        let (_stop, mut stopped) = watch::channel(false);
+        let result = pull(&config, &shared, needs, HashSet::new(), &mut stopped).await;
+
+        let Err(unfinished) = result else {
+            panic!("a pull through a symlink succeeded")
+        };
+        assert!(
+            unfinished.why.starts_with("5 paths not synced yet")
+                && unfinished.why.contains("symbolic link"),
+            "{}",
+            unfinished.why
+        );
+        let made: Vec<_> = must(fs::read_dir(&outside)).flatten().collect();
+        assert!(made.is_empty(), "written outside the namespace: {made:?}");
+        // Everything not under the symlink was pulled.
+        assert_eq!(must(fs::read(root.join("fine/small"))), small);
+        assert_eq!(must(fs::read(root.join("fine/large"))), large);
     }
 
     #[test]
