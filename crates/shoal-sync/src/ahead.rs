@@ -116,10 +116,10 @@ fn ahead_path(path: &Path) -> PathBuf {
 /// Where files whose directory is not here yet are fetched ahead, under the namespace's root.
 const AHEAD_DIR: &str = ".sync/ahead";
 
-/// The temporary the file `path` (at `at` under `root`) is fetched ahead into: beside it when its
-/// directory is here, else in [`AHEAD_DIR`], named by the path's hash (a new directory's record
-/// comes with the file's, after its source has indexed it: a large file in a new directory was
-/// not fetched ahead at all). `None` when the namespace's `.sync` is not there.
+/// The temporary the file `path` under `root` is fetched ahead into: beside it when its directory
+/// is here, else in [`AHEAD_DIR`], named by the path's hash (a new directory's record comes with
+/// the file's, after its source has indexed it: a large file in a new directory was not fetched
+/// ahead at all). `None` when the namespace's `.sync` is not there, or a symlink is on the way.
 fn ahead_temp(root: &Path, path: &str) -> Option<PathBuf> {
     match beneath::checked(root, path) {
         Ok(at) => return Some(ahead_path(&at)),
@@ -127,17 +127,19 @@ fn ahead_temp(root: &Path, path: &str) -> Option<PathBuf> {
         // Under a symlink or a file here: its pull will say why.
         Err(_) => return None,
     }
-    if !root.join(".sync").is_dir() {
-        return None;
-    }
-    let dir = root.join(AHEAD_DIR);
-    match fs::create_dir(&dir) {
+    // `.sync` is never made here: without it, this is no namespace.
+    beneath::checked(root, AHEAD_DIR).ok()?;
+    match fs::create_dir(root.join(AHEAD_DIR)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(_) => return None,
     }
     let id = Hash::of(path.as_bytes()).to_hex();
-    Some(dir.join(format!("{TEMP_PREFIX}{}.ahead.tmp", &id[..32])))
+    beneath::checked(
+        root,
+        &format!("{AHEAD_DIR}/{TEMP_PREFIX}{}.ahead.tmp", &id[..32]),
+    )
+    .ok()
 }
 
 /// Takes peers' previews for as long as the puller runs; removes what it fetched ahead when it
@@ -737,5 +739,27 @@ mod tests {
         let long = "é".repeat(200);
         let t = ahead_path(&Path::new("/ns").join(&long));
         assert!(t.file_name().unwrap_or_default().len() < 160);
+    }
+
+    #[test]
+    fn nothing_is_fetched_ahead_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ns");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(root.join(".sync")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        assert_eq!(ahead_temp(&root, "link/big"), None);
+        assert_eq!(ahead_temp(&root, "link/new/big"), None);
+        // Not into a `.sync/ahead` that is a symlink either.
+        std::os::unix::fs::symlink(&outside, root.join(AHEAD_DIR)).unwrap();
+        assert_eq!(ahead_temp(&root, "new/big"), None);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        // Beside the file, or in `.sync/ahead` when its directory is not here yet.
+        fs::remove_file(root.join(AHEAD_DIR)).unwrap();
+        let beside = ahead_temp(&root, "big").unwrap();
+        assert_eq!(beside, ahead_path(&root.join("big")));
+        let away = ahead_temp(&root, "new/big").unwrap();
+        assert!(away.starts_with(root.join(AHEAD_DIR)), "{away:?}");
     }
 }
