@@ -191,7 +191,17 @@ fn write(path: &Path, bytes: &[u8]) {
 
 #[test]
 fn two_nodes_converge_on_every_kind_of_change() {
-    let c = Cluster::new(2, &shoal_secret());
+    every_kind_of_change(2);
+}
+
+#[test]
+fn four_nodes_converge_on_every_kind_of_change() {
+    every_kind_of_change(4);
+}
+
+/// `n` nodes: changes of every kind made on node 0, then on node 1, reach every node.
+fn every_kind_of_change(n: usize) {
+    let c = Cluster::new(n, &shoal_secret());
     let a = c.dir(0);
     let b = c.dir(1);
 
@@ -224,14 +234,20 @@ fn two_nodes_converge_on_every_kind_of_change() {
     std::fs::remove_file(b.join("link")).unwrap();
     std::fs::remove_dir_all(b.join("docs")).unwrap();
     c.converge(1, "rename, move, delete");
-    assert!(!a.join("docs").exists());
-    assert!(a.join("renamed.bin").exists());
-
-    // A deleted file went to the archive, not away.
-    let archived = a.join(".sync/Archive/link").exists()
-        || a.join(".sync/Archive/docs/deep/report.txt").exists()
-        || a.join(".sync/Archive/big.bin").exists();
-    assert!(archived, "nothing archived: {:?}", tree(&a.join(".sync")));
+    for i in (0..n).filter(|&i| i != 1) {
+        let d = c.dir(i);
+        assert!(!d.join("docs").exists(), "node {i}");
+        assert!(d.join("renamed.bin").exists(), "node {i}");
+        // A deleted file went to the archive, not away.
+        let archived = d.join(".sync/Archive/link").exists()
+            || d.join(".sync/Archive/docs/deep/report.txt").exists()
+            || d.join(".sync/Archive/big.bin").exists();
+        assert!(
+            archived,
+            "node {i}: nothing archived: {:?}",
+            tree(&d.join(".sync"))
+        );
+    }
 }
 
 #[test]
