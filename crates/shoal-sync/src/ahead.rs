@@ -335,9 +335,12 @@ async fn fetch_ahead(
             continue;
         }
         let (source, to_writer) = (config.source.clone(), to_writer.clone());
+        let shared = shared.clone();
         fetches.spawn(async move {
             let _slot = slot;
+            let in_flight = shared.pace.admit(u64::from(chunk.len)).await;
             if let Ok(bytes) = fetch_verified(&*source, &[from], &chunk).await {
+                in_flight.arrived();
                 let _ = to_writer.send((chunk, bytes)).await;
             }
         });

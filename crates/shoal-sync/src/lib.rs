@@ -4,6 +4,7 @@
 
 pub mod archive;
 mod beneath;
+mod pace;
 pub mod plan;
 pub mod puller;
 pub mod space;

@@ -58,6 +58,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::beneath;
+use crate::pace::Pace;
 use crate::plan::{Need, plan};
 use crate::space::{self, DiskFull};
 
@@ -209,6 +210,8 @@ struct Shared {
     temps: Mutex<HashSet<PathBuf>>,
     /// Files being fetched ahead of their records, by path (see [`ahead`]).
     aheads: Mutex<HashMap<String, ahead::Ahead>>,
+    /// Large-file chunks asked for at once, by the rate they come back (see [`crate::pace`]).
+    pace: Pace,
 }
 
 impl Puller {
@@ -545,6 +548,10 @@ fn remove_unneeded_temps(config: &PullerConfig, shared: &Shared, wanted: &HashSe
 }
 
 /// One round: every stage over the planned needs. `Err` says why some of the work was left.
+///
+/// Large files are pulled last, and while they are, what changes meanwhile (a peer's new small
+/// file, a rename, a deletion) is planned and pulled beside them ([`meanwhile`]): a file of many
+/// gigabytes behind slow links does not hold everything else back until it is all there.
 async fn pull(
     config: &Arc<PullerConfig>,
     shared: &Arc<Shared>,
@@ -569,14 +576,77 @@ async fn pull(
         info!(namespace = %config.name, files, mb = bytes / 1_000_000, "syncing");
     }
     let mut errors = Errors::default();
+    let (large, rest): (Vec<Need>, Vec<Need>) = needs.into_iter().partition(is_large);
+    if large.is_empty() {
+        errors.merge(apply(config, shared, rest, stop).await);
+    } else {
+        // Deletions after every file: a renamed file's new name is assembled from the old one.
+        let (deletions, now): (Vec<Need>, Vec<Need>) = rest
+            .into_iter()
+            .partition(|n| n.target.deleted && !n.version_only);
+        errors.merge(apply(config, shared, now, stop).await);
+        if !*stop.borrow() {
+            // Nor are the deletions left for later pulled beside them.
+            let busy: HashSet<String> = large
+                .iter()
+                .chain(&deletions)
+                .map(|n| n.path.clone())
+                .collect();
+            let (done, lane_done) = watch::channel(false);
+            let lane = async {
+                let e = pull_files(config, shared, large, stop).await;
+                let _ = done.send(true);
+                e
+            };
+            let (e, m) = tokio::join!(
+                lane,
+                meanwhile(config, shared, &busy, lane_done, stop.clone())
+            );
+            errors.merge(e);
+            errors.merge(m);
+        }
+        if !*stop.borrow() {
+            errors.merge(apply(config, shared, deletions, stop).await);
+        }
+    }
+    if *stop.borrow() {
+        return Err(Unfinished {
+            why: "stopping".into(),
+            short: None,
+        });
+    }
+    if errors.short.is_some() && !was_paused {
+        // Entering a pause: temporaries of content no longer wanted only take room.
+        let dir = root(config).to_path_buf();
+        let removed =
+            tokio::task::spawn_blocking(move || remove_stale_temporaries(&dir, &wanted)).await;
+        if let Ok((n, bytes)) = removed
+            && n > 0
+        {
+            info!(namespace = %config.name, files = n, freed = %space::human(bytes), "removed temporaries of content no longer wanted");
+        }
+    }
+    errors.into_result()
+}
+
+/// A file pulled in the background of a round's other work: not small, and content to bring in.
+fn is_large(need: &Need) -> bool {
+    !need.version_only && !need.target.deleted && need.target.kind == Kind::File && !is_small(need)
+}
+
+/// Versions, directories, files (small ones first), then deletions (children first).
+async fn apply(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    needs: Vec<Need>,
+    stop: &watch::Receiver<bool>,
+) -> Errors {
+    let mut errors = Errors::default();
     let (versions, rest): (Vec<Need>, Vec<Need>) = needs.into_iter().partition(|n| n.version_only);
     let (deletions, rest): (Vec<Need>, Vec<Need>) =
         rest.into_iter().partition(|n| n.target.deleted);
-    let (dirs, mut files): (Vec<Need>, Vec<Need>) =
+    let (dirs, files): (Vec<Need>, Vec<Need>) =
         rest.into_iter().partition(|n| n.target.kind == Kind::Dir);
-    // Small files first: a huge file does not hold back everything behind it.
-    files.sort_by_key(|n| n.target.size);
-
     if !versions.is_empty() {
         errors.merge(blocking(config, move |c| record_versions(c, versions)).await);
     }
@@ -585,6 +655,28 @@ async fn pull(
         errors.merge(blocking(config, move |c| make_dirs(c, dirs)).await);
         shared.update(|s| s.files_left = s.files_left.saturating_sub(n));
     }
+    errors.merge(pull_files(config, shared, files, stop).await);
+    if !deletions.is_empty() && !*stop.borrow() {
+        let n = deletions.len() as u64;
+        let mut deletions = deletions;
+        // Children before their parents.
+        deletions.sort_by(|a, b| b.path.cmp(&a.path));
+        errors.merge(blocking(config, move |c| delete(c, deletions)).await);
+        shared.update(|s| s.files_left = s.files_left.saturating_sub(n));
+    }
+    errors
+}
+
+/// Files in groups, smallest first (a huge file does not hold back everything behind it); each
+/// group is assembled while the one before it is finished.
+async fn pull_files(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    mut files: Vec<Need>,
+    stop: &watch::Receiver<bool>,
+) -> Errors {
+    let mut errors = Errors::default();
+    files.sort_by_key(|n| n.target.size);
     let mut group: Vec<Need> = Vec::new();
     let mut group_bytes = 0;
     let mut small_bytes = 0;
@@ -628,30 +720,63 @@ async fn pull(
         errors.merge(joined(last.await));
         shared.update(|s| s.files_left = s.files_left.saturating_sub(m));
     }
-    if *stop.borrow() {
-        return Err(Unfinished {
-            why: "stopping".into(),
-            short: None,
-        });
-    }
-    if !deletions.is_empty() {
-        let mut deletions = deletions;
-        // Children before their parents.
-        deletions.sort_by(|a, b| b.path.cmp(&a.path));
-        errors.merge(blocking(config, move |c| delete(c, deletions)).await);
-    }
-    if errors.short.is_some() && !was_paused {
-        // Entering a pause: temporaries of content no longer wanted only take room.
-        let dir = root(config).to_path_buf();
-        let removed =
-            tokio::task::spawn_blocking(move || remove_stale_temporaries(&dir, &wanted)).await;
-        if let Ok((n, bytes)) = removed
-            && n > 0
-        {
-            info!(namespace = %config.name, files = n, freed = %space::human(bytes), "removed temporaries of content no longer wanted");
+    errors
+}
+
+/// How long changes may keep coming before what changed beside a large file is planned.
+const MEANWHILE_SETTLE: Duration = Duration::from_millis(20);
+
+/// While the large files `busy` are pulled: whatever else changes (a peer's new record, a local
+/// change) is planned again and pulled at once, until `lane_done`. New large files wait for the
+/// next round. The errors of the last attempt are what is left undone.
+async fn meanwhile(
+    config: &Arc<PullerConfig>,
+    shared: &Arc<Shared>,
+    busy: &HashSet<String>,
+    mut lane_done: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> Errors {
+    let mut changes = index(config).subscribe_needs();
+    changes.borrow_and_update();
+    let mut errors = Errors::default();
+    loop {
+        tokio::select! {
+            _ = lane_done.changed() => return errors,
+            _ = stop.changed() => return errors,
+            r = changes.changed() => if r.is_err() { return errors },
         }
+        tokio::time::sleep(MEANWHILE_SETTLE).await;
+        changes.borrow_and_update();
+        let planned = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                plan(config.scanner.index(), |p, is_dir| {
+                    config.scanner.skips(p, is_dir)
+                })
+            })
+            .await
+        };
+        let Ok(Ok(needs)) = planned else {
+            // Planned again by the next round.
+            continue;
+        };
+        let needs: Vec<Need> = needs
+            .into_iter()
+            .filter(|n| !busy.contains(&n.path) && !is_large(n))
+            .collect();
+        if needs.is_empty() {
+            errors = Errors::default();
+            continue;
+        }
+        let files = needs.iter().filter(|n| !n.version_only).count() as u64;
+        let bytes: u64 = needs.iter().map(Need::bytes).sum();
+        debug!(namespace = %config.name, files, "pulling what changed beside the large files");
+        shared.update(|s| {
+            s.files_left += files;
+            s.bytes_left += bytes;
+        });
+        errors = apply(config, shared, needs, &stop).await;
     }
-    errors.into_result()
 }
 
 /// Deletes every temporary file under `root` (not in `.sync/`) that is not in `wanted`: what is
@@ -1429,9 +1554,12 @@ async fn fetch_missing(
         let sources = need.sources.clone();
         let fetches = fetches.clone();
         let to_writer = to_writer.clone();
+        let shared = shared.clone();
         tasks.spawn(async move {
             let _permit = fetches.acquire_owned().await;
+            let in_flight = shared.pace.admit(u64::from(chunk.len)).await;
             let bytes = fetch_verified(&*source, &sources, &chunk).await?;
+            in_flight.arrived();
             // Fails only if the writer stopped: its error is the one reported.
             to_writer
                 .send((chunk, bytes))

@@ -479,6 +479,35 @@ fn the_upload_limit_holds() {
 }
 
 #[test]
+fn a_small_file_is_not_held_back_by_a_large_one_in_transfer() {
+    // 2,000 kB/s out of node 0: 40 MB take ~20 s. A small file written meanwhile arrives at once,
+    // not after the large one.
+    let c = Cluster::with_init(2, &shoal_secret(), &["--upload-limit", "2000"]);
+    let big = noise(40_000_000, 31);
+    publish(&c, "large.bin", &big);
+    wait_until(CONVERGE, "the large file under way", || {
+        ns_status(&c, 1)["sync"]["bytes_done"].as_u64().unwrap_or(0) > 2_000_000
+    });
+    let start = Instant::now();
+    write(
+        &c.dir(0).join("notes/small.txt"),
+        b"written while a large file syncs",
+    );
+    let small = c.dir(1).join("notes/small.txt");
+    wait_until(CONVERGE, "the small file", || {
+        std::fs::read(&small).is_ok_and(|b| b == b"written while a large file syncs")
+    });
+    let took = start.elapsed();
+    let large_there = std::fs::read(c.dir(1).join("large.bin")).is_ok_and(|b| b == big);
+    eprintln!("a small file during a large one's transfer: {took:?}");
+    assert!(
+        !large_there && took < Duration::from_secs(8),
+        "the small file took {took:?} (the large one there: {large_there})"
+    );
+    c.converge_within(0, "the large file", Duration::from_secs(60));
+}
+
+#[test]
 fn a_file_going_to_several_nodes_is_passed_on_among_them() {
     // Node 0's link (its upload limit) is the bottleneck: sent whole to each of three nodes, the
     // file would leave it three times. The receivers announce what they have written (`Have`)
