@@ -20,7 +20,15 @@
 //!      conflict), the replaced file kept as a conflict copy or moved to the archive, the
 //!      temporary renamed over the target, the directories fsync'd, and the index updated in
 //!      one transaction. A group is finished while the next one is assembled.
+//!
+//!    Large files come last, and while they are pulled whatever changes meanwhile (a peer's new
+//!    small file, a rename, a deletion) is planned again and pulled beside them ([`meanwhile`]);
+//!    their chunk requests are paced to about a second of what comes back ([`crate::pace`]), so
+//!    a small file's request does not queue behind megabytes of them at a peer.
 //! 4. **Deletions**, children first; deleted files go to the archive.
+//!
+//! Every path is made, renamed or removed at only once the directories on its way are seen to be
+//! real ones inside the namespace ([`crate::beneath`]): never through a symlink.
 //!
 //! Anything that fails (no peer has a chunk yet, a directory not empty) is retried with backoff;
 //! partial data stays in hidden temporary files and is never visible under the target's name.
