@@ -637,7 +637,7 @@ async fn pull(
     errors.into_result()
 }
 
-/// A file pulled in the background of a round's other work: not small, and content to bring in.
+/// A file whose pull lets the rest go on beside it ([`meanwhile`]): content to bring in, not small.
 fn is_large(need: &Need) -> bool {
     !need.version_only && !need.target.deleted && need.target.kind == Kind::File && !is_small(need)
 }
@@ -1001,7 +1001,7 @@ fn make_dirs(config: &PullerConfig, needs: Vec<Need>) -> Errors {
             errors.add(&need.path, "changed locally meanwhile");
             continue;
         }
-        let result = (|| -> io::Result<PathBuf> {
+        let result = (|| -> io::Result<(Entry, PathBuf)> {
             let path = beneath::made(root, &need.path)?;
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => {}
@@ -1012,12 +1012,9 @@ fn make_dirs(config: &PullerConfig, needs: Vec<Need>) -> Errors {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&path)?,
                 Err(e) => return Err(e),
             }
-            Ok(path)
-        })()
-        .and_then(|path| {
             fs::set_permissions(&path, fs::Permissions::from_mode(need.target.mode))?;
             Ok((recorded(&need, &path)?, path))
-        });
+        })();
         match result {
             Ok((entry, path)) => {
                 batch.put(&need.path, entry);
@@ -2220,10 +2217,10 @@ fn delete(config: &PullerConfig, needs: Vec<Need>) -> Errors {
         let path = abs(root, &need.path);
         let result = match &need.local {
             Some(l) if !l.deleted => {
-                beneath::checked(root, &need.path).and_then(|path| match l.kind {
-                    Kind::File if config.archive => archive(root, &need.path, &path),
-                    Kind::File | Kind::Symlink => fs::remove_file(&path),
-                    Kind::Dir => fs::remove_dir(&path),
+                beneath::checked(root, &need.path).and_then(|at| match l.kind {
+                    Kind::File if config.archive => archive(root, &need.path, &at),
+                    Kind::File | Kind::Symlink => fs::remove_file(&at),
+                    Kind::Dir => fs::remove_dir(&at),
                 })
             }
             _ => Ok(()),
