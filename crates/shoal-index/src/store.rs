@@ -40,7 +40,7 @@ const ENTRY_FORMAT: u8 = 1;
 
 /// redb's page cache. The index is read mostly in ordered ranges, so a small cache costs little and
 /// keeps a node with 100,000 files within its memory budget. 8 MiB filled up with 10,000 files:
-/// the receiving node's RSS was 25–30 MiB against the 30 MiB budget; with 4 MiB 22–25 MiB, the
+/// the receiving node's RSS was 25–30 MiB against the 30 MiB budget; with 4 MiB 21–24 MiB, the
 /// 10,000 files as fast (`bench/sync.py rss`, 3 pairs, BENCHMARKS "Stop 21").
 const CACHE_BYTES: usize = 4 << 20;
 
