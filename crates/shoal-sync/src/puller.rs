@@ -335,16 +335,7 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
     }
     loop {
         changes.borrow_and_update();
-        let planned = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || {
-                plan(config.scanner.index(), |p, is_dir| {
-                    config.scanner.skips(p, is_dir)
-                })
-            })
-            .await
-        };
-        let needs = match planned {
+        let needs = match planned(&config).await {
             Ok(Ok(needs)) => Some(needs),
             Ok(Err(e)) => {
                 // Not "nothing needed": the temporaries of partial downloads stay for the retry.
@@ -483,6 +474,19 @@ async fn run(config: Arc<PullerConfig>, shared: Arc<Shared>, mut stop: watch::Re
         // Let a burst of changes arrive before planning again.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// What the namespace needs now, planned on the blocking pool (`Err` if that task was lost).
+async fn planned(
+    config: &Arc<PullerConfig>,
+) -> Result<Result<Vec<Need>, shoal_index::IndexError>, tokio::task::JoinError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        plan(config.scanner.index(), |p, is_dir| {
+            config.scanner.skips(p, is_dir)
+        })
+    })
+    .await
 }
 
 /// Paused for a full disk.
@@ -755,16 +759,7 @@ async fn meanwhile(
         }
         tokio::time::sleep(MEANWHILE_SETTLE).await;
         changes.borrow_and_update();
-        let planned = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || {
-                plan(config.scanner.index(), |p, is_dir| {
-                    config.scanner.skips(p, is_dir)
-                })
-            })
-            .await
-        };
-        let Ok(Ok(needs)) = planned else {
+        let Ok(Ok(needs)) = planned(config).await else {
             // Planned again by the next round.
             continue;
         };

@@ -480,29 +480,35 @@ fn the_upload_limit_holds() {
 
 #[test]
 fn a_small_file_is_not_held_back_by_a_large_one_in_transfer() {
-    // 2,000 kB/s out of node 0: 40 MB take ~20 s. A small file written meanwhile arrives at once,
-    // not after the large one.
+    // 2,000 kB/s out of node 0: 40 MB take ~20 s. A file written, a file renamed and one deleted
+    // meanwhile arrive at once, not after the large one.
     let c = Cluster::with_init(2, &shoal_secret(), &["--upload-limit", "2000"]);
+    write(&c.dir(0).join("old/renamed.txt"), b"renamed meanwhile");
+    write(&c.dir(0).join("old/deleted.txt"), b"deleted meanwhile");
+    c.converge(0, "the files changed later");
     let big = noise(40_000_000, 31);
     publish(&c, "large.bin", &big);
     wait_until(CONVERGE, "the large file under way", || {
         ns_status(&c, 1)["sync"]["bytes_done"].as_u64().unwrap_or(0) > 2_000_000
     });
+    let (a, b) = (c.dir(0), c.dir(1));
     let start = Instant::now();
-    write(
-        &c.dir(0).join("notes/small.txt"),
-        b"written while a large file syncs",
-    );
-    let small = c.dir(1).join("notes/small.txt");
-    wait_until(CONVERGE, "the small file", || {
-        std::fs::read(&small).is_ok_and(|b| b == b"written while a large file syncs")
+    write(&a.join("notes/small.txt"), b"written meanwhile");
+    std::fs::rename(a.join("old/renamed.txt"), a.join("notes/renamed.txt")).unwrap();
+    std::fs::remove_file(a.join("old/deleted.txt")).unwrap();
+    let holds = |rel: &str, bytes: &[u8]| std::fs::read(b.join(rel)).is_ok_and(|got| got == bytes);
+    wait_until(CONVERGE, "the changes beside the large file", || {
+        holds("notes/small.txt", b"written meanwhile")
+            && holds("notes/renamed.txt", b"renamed meanwhile")
+            && !b.join("old/renamed.txt").exists()
+            && !b.join("old/deleted.txt").exists()
     });
     let took = start.elapsed();
-    let large_there = std::fs::read(c.dir(1).join("large.bin")).is_ok_and(|b| b == big);
-    eprintln!("a small file during a large one's transfer: {took:?}");
+    let large_there = holds("large.bin", &big);
+    eprintln!("changes during a large file's transfer: {took:?}");
     assert!(
         !large_there && took < Duration::from_secs(8),
-        "the small file took {took:?} (the large one there: {large_there})"
+        "the changes took {took:?} (the large file there: {large_there})"
     );
     c.converge_within(0, "the large file", Duration::from_secs(60));
 }
