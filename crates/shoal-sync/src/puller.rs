@@ -737,6 +737,9 @@ async fn pull_files(
 
 /// How long changes may keep coming before what changed beside a large file is planned.
 const MEANWHILE_SETTLE: Duration = Duration::from_millis(20);
+/// At least this long between two such plans: each reads the whole index, and a namespace of
+/// many files changing all the time beside a large file would be planned again without pause.
+const MEANWHILE_EVERY: Duration = Duration::from_millis(250);
 
 /// While the large files `busy` are pulled: whatever else changes (a peer's new record, a local
 /// change) is planned again and pulled at once, until `lane_done`. New large files wait for the
@@ -751,13 +754,19 @@ async fn meanwhile(
     let mut changes = index(config).subscribe_needs();
     changes.borrow_and_update();
     let mut errors = Errors::default();
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = lane_done.changed() => return errors,
             _ = stop.changed() => return errors,
             r = changes.changed() => if r.is_err() { return errors },
         }
-        tokio::time::sleep(MEANWHILE_SETTLE).await;
+        let settled = tokio::time::Instant::now() + MEANWHILE_SETTLE;
+        tokio::time::sleep_until(last.map_or(settled, |l| settled.max(l + MEANWHILE_EVERY))).await;
+        if *lane_done.borrow() || *stop.borrow() {
+            return errors;
+        }
+        last = Some(tokio::time::Instant::now());
         changes.borrow_and_update();
         let Ok(Ok(needs)) = planned(config).await else {
             // Planned again by the next round.
