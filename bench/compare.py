@@ -24,9 +24,20 @@ METRIC = {  # workload -> (field, unit, lower is better)
 }
 
 
+FAILED = []  # the tool runs that exited with an error
+
+
 def run(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    """The result rows `cmd` printed; none (and why, on stderr) when it failed: one failed run
+    (Syncthing's nodes not meeting, say) leaves the table to the runs that worked."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        print(f"FAILED (exit {done.returncode}): {' '.join(cmd)}\n{tail}", file=sys.stderr, flush=True)
+        FAILED.append(cmd)
+        return [r for r in rows if r.get("workload")]
+    return rows
 
 
 def main():
@@ -68,7 +79,8 @@ def main():
         num = lambda v: "—" if v is None else f"{v:.3f}".rstrip("0").rstrip(".") if unit != "B" else f"{v:.0f}"
         print(f"| {w} | {num(s)} {unit}{wire} | {num(t)} {unit if t is not None else ''} | {ratio} | "
               f"{num(statistics.median(rs)) if rs else '—'} | {num(statistics.median(cp)) if cp else '—'} |")
-    print(f"\n{a.runs} runs, medians. Command: bench/compare.py --runs {a.runs} {' '.join(a.workloads)}")
+    note = f" ({len(FAILED)} tool runs failed: see above)" if FAILED else ""
+    print(f"\n{a.runs} runs, medians{note}. Command: bench/compare.py --runs {a.runs} {' '.join(a.workloads)}")
 
 
 if __name__ == "__main__":
