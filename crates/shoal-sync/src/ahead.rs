@@ -127,15 +127,10 @@ fn ahead_temp(root: &Path, path: &str) -> Option<PathBuf> {
         // Under a symlink or a file here: its pull will say why.
         Err(_) => return None,
     }
-    // `.sync` is never made here: without it, this is no namespace.
+    // `.sync` is never made here (without it, this is no namespace); `.sync/ahead` is.
     beneath::checked(root, AHEAD_DIR).ok()?;
-    match fs::create_dir(root.join(AHEAD_DIR)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(_) => return None,
-    }
     let id = Hash::of(path.as_bytes()).to_hex();
-    beneath::checked(
+    beneath::made(
         root,
         &format!("{AHEAD_DIR}/{TEMP_PREFIX}{}.ahead.tmp", &id[..32]),
     )
