@@ -975,8 +975,6 @@ fn open_nofollow(path: &Path) -> Option<std::fs::File> {
         .ok()
 }
 
-/// Appends `len` bytes of `file` at `offset` to `buf`, read into its spare room (no zeroing
-/// first); false unless all of them were there.
 /// Reads `len` bytes at `offset` of `file` onto the end of `buf` as chunk `hash`: taken as read
 /// when `unchanged` holds of the file's metadata before and after the read (its stat is still the
 /// one the chunk was found with), hashed otherwise. False if it could not be read or is not the
@@ -996,6 +994,8 @@ fn read_as_chunk(
         && ((before && holds(file)) || Hash::of(&buf[start..]) == *hash)
 }
 
+/// Appends `len` bytes of `file` at `offset` to `buf`, read into its spare room (no zeroing
+/// first); false unless all of them were there.
 fn read_after(file: &mut std::fs::File, offset: u64, len: u32, buf: &mut Vec<u8>) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     file.seek(SeekFrom::Start(offset))
