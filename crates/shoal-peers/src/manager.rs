@@ -387,6 +387,8 @@ const MAX_FORMER: usize = 64;
 
 struct Member {
     pusher: JoinHandle<()>,
+    /// Stores the last index message received, after the one before it (see [`Member::store`]).
+    storing: Option<JoinHandle<()>>,
     records_sent: u64,
     records_received: u64,
     records_refused: u64,
@@ -1158,12 +1160,15 @@ impl Manager {
                 let Some(st) = self.shares.get(&share_id) else {
                     return;
                 };
+                let Some(member) = s.shares.get_mut(&share_id) else {
+                    return;
+                };
                 let index = st.share.index.clone();
                 let key = st.share.secret.read_only().verifying_key();
                 let name = st.share.name.clone();
                 let peer = s.peer;
                 let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || {
+                member.store(move || {
                     let mut accepted = Vec::with_capacity(records.len());
                     let mut refused = 0u64;
                     let mut why = None;
@@ -1303,6 +1308,7 @@ impl Manager {
             share,
             Member {
                 pusher,
+                storing: None,
                 records_sent: 0,
                 records_received: 0,
                 records_refused: 0,
@@ -1380,6 +1386,23 @@ impl Manager {
             out.insert(state.share.name.clone(), peers);
         }
         out
+    }
+}
+
+impl Member {
+    /// Runs `work` (storing one index message) on the blocking pool once the previous message's
+    /// has finished. A peer's messages are stored in the order it sent them: stored side by side,
+    /// a message that carried a file's older version could be committed after the next one, and
+    /// this node would take the peer to hold that older version until the file changed again
+    /// (a large `IndexFull` followed by a small update made that likely).
+    fn store(&mut self, work: impl FnOnce() + Send + 'static) {
+        let before = self.storing.take();
+        self.storing = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let _ = tokio::task::spawn_blocking(work).await;
+        }));
     }
 }
 
@@ -1555,6 +1578,28 @@ mod tests {
         assert_eq!(w, Window(REQUESTS_AT_LEAST), "a slow peer still gets some");
         w.answered_after(Duration::from_millis(1));
         assert_eq!(w, Window(REQUESTS_AT_LEAST + 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peers_index_messages_are_stored_in_the_order_sent() {
+        let mut m = Member {
+            pusher: tokio::spawn(async {}),
+            storing: None,
+            records_sent: 0,
+            records_received: 0,
+            records_refused: 0,
+        };
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for i in 0..8u64 {
+            let order = order.clone();
+            // The first messages take longest (a large IndexFull before small updates).
+            m.store(move || {
+                std::thread::sleep(Duration::from_millis(40 - 5 * i));
+                order.lock().unwrap().push(i);
+            });
+        }
+        m.storing.take().unwrap().await.unwrap();
+        assert_eq!(*order.lock().unwrap(), (0..8).collect::<Vec<_>>());
     }
 
     #[test]
