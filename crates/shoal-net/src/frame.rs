@@ -331,6 +331,14 @@ mod tests {
         assert!(!preview.is_bulk());
         assert!(encode(&preview).unwrap().len() < MAX_CONTROL_FRAME / 4);
         check(preview);
+        // As many of the longest paths as one may carry: a control message within the limit.
+        let resend = Message::IndexResend {
+            share_id,
+            paths: vec!["p".repeat(4096); crate::MAX_RESEND],
+        };
+        assert!(!resend.is_bulk());
+        assert!(encode(&resend).unwrap().len() < MAX_CONTROL_FRAME);
+        check(resend);
     }
 
     #[test]

@@ -22,13 +22,16 @@ use shoal_core::secret::ShareId;
 use crate::identity::NodeId;
 use crate::wire;
 
-/// The protocol version sent in [`Hello`]. Version 3 added [`Message::Preview`], which is sent
-/// only to peers that speak it.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The protocol version sent in [`Hello`]. Version 3 added [`Message::Preview`]; version 4 records
+/// that give a large file's chunks as a splice of a version the receiver holds (the records are
+/// the engine's), and [`Message::IndexResend`]. Each is sent only to peers that speak it.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version still spoken: peers with an older (or a newer) one are refused.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// Most chunks one `Preview` carries.
 pub const MAX_PREVIEW: usize = 256;
+/// Most paths one `IndexResend` carries.
+pub const MAX_RESEND: usize = 128;
 /// Most chunk hashes one `Have` carries.
 pub const MAX_HAVE: usize = 1024;
 /// Largest chunk a `ChunkData` may carry.
@@ -51,7 +54,7 @@ pub struct Hello {
     pub listen_port: u16,
 }
 
-/// Every message of protocol version 3 (version 2: all but `Preview`).
+/// Every message of protocol version 4 (version 3: all but `IndexResend`; 2: nor `Preview`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Hello(Hello),
@@ -138,6 +141,14 @@ pub enum Message {
         size: u64,
         chunks: Vec<PreviewChunk>,
     },
+    /// Since protocol 4. "Send your entries for these paths of `share_id` again, every chunk
+    /// listed": the receiver of a record could not rebuild them from the versions it holds (at
+    /// most [`MAX_RESEND`] paths).
+    IndexResend {
+        #[serde(with = "wire::share_id")]
+        share_id: ShareId,
+        paths: Vec<String>,
+    },
 }
 
 /// One chunk of a [`Message::Preview`]: where it is in the file, and its BLAKE3.
@@ -188,6 +199,7 @@ impl Message {
             Message::Ping => "Ping",
             Message::Have { .. } => "Have",
             Message::Preview { .. } => "Preview",
+            Message::IndexResend { .. } => "IndexResend",
         }
     }
 }

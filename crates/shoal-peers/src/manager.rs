@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use shoal_core::chunk::{Chunk, Hash};
 use shoal_core::secret::{Secret, ShareId};
-use shoal_index::{Entry, Index};
+use shoal_index::{Entry, Index, IndexError, Kind, PeerKey};
 use shoal_net::backoff::Backoff;
 use shoal_net::{
     Closed, Connection, Event, Hello, MAX_HAVE, MAX_PREVIEW, Message, NodeId, NodeIdentity,
@@ -147,6 +147,8 @@ enum Cmd {
     FromPeer(u64, Event),
     Sent(u64, ShareId, u64),
     Received(u64, ShareId, u64, u64),
+    /// Entries of a session's peer that could not be rebuilt from a splice: ask for them again.
+    Resend(u64, ShareId, Vec<String>),
     Fetch(Fetch),
     /// This node now holds these chunks of files being assembled: tell the share's members.
     Have(ShareId, Vec<Hash>),
@@ -387,6 +389,8 @@ const MAX_FORMER: usize = 64;
 
 struct Member {
     pusher: JoinHandle<()>,
+    /// Paths the peer asked for again (`IndexResend`), to the pusher.
+    again: mpsc::UnboundedSender<Vec<String>>,
     /// Stores the last index message received, after the one before it (see [`Member::store`]).
     storing: Option<JoinHandle<()>>,
     records_sent: u64,
@@ -852,6 +856,22 @@ impl Manager {
                     m.records_sent += n;
                 }
             }
+            Cmd::Resend(id, share, paths) => {
+                if let Some(s) = self.sessions.get(&id) {
+                    let conn = s.conn.clone();
+                    tokio::spawn(async move {
+                        for paths in paths.chunks(shoal_net::MAX_RESEND) {
+                            let again = Message::IndexResend {
+                                share_id: share,
+                                paths: paths.to_vec(),
+                            };
+                            if conn.send(&again).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
             Cmd::Received(id, share, ok, refused) => {
                 if let Some(m) = self
                     .sessions
@@ -1167,17 +1187,22 @@ impl Manager {
                 let key = st.share.secret.read_only().verifying_key();
                 let name = st.share.name.clone();
                 let peer = s.peer;
+                let format = record::Format::of(s.version);
                 let tx = self.tx.clone();
                 member.store(move || {
                     let mut accepted = Vec::with_capacity(records.len());
+                    let mut again = Vec::new();
                     let mut refused = 0u64;
                     let mut why = None;
                     for r in &records {
-                        match record::open_batch(r, &key) {
+                        match record::open_batch(r, &key, format) {
                             Ok(entries) => {
                                 for e in entries {
                                     match e {
-                                        Ok(entry) => accepted.push(entry),
+                                        Ok(received) => match rebuilt(&index, &peer.0, received) {
+                                            Ok(entry) => accepted.push(entry),
+                                            Err(path) => again.push(path),
+                                        },
                                         Err(e) => {
                                             refused += 1;
                                             why.get_or_insert(e);
@@ -1197,6 +1222,10 @@ impl Manager {
                     if let Err(e) = index.put_remote(&peer.0, &accepted) {
                         warn!(namespace = %name, "cannot store a peer's index: {e}");
                     }
+                    if !again.is_empty() {
+                        debug!(peer = %peer.short(), namespace = %name, paths = again.len(), "entries not rebuilt from the versions held here: asked for again");
+                        let _ = tx.blocking_send(Cmd::Resend(id, share_id, again));
+                    }
                     let _ = tx.blocking_send(Cmd::Received(
                         id,
                         share_id,
@@ -1205,6 +1234,17 @@ impl Manager {
                     ));
                 });
             }
+            Message::IndexResend { share_id, paths } => match s.shares.get(&share_id) {
+                Some(member) => {
+                    let paths = paths.into_iter().take(shoal_net::MAX_RESEND).collect();
+                    let _ = member.again.send(paths);
+                }
+                None => {
+                    warn!(peer = %s.peer.short(), "IndexResend for a namespace it has not joined; closing");
+                    self.drop_session(id, Some("IndexResend for a namespace not joined"))
+                        .await;
+                }
+            },
             Message::Peers { share_id, addrs } => {
                 if s.shares.contains_key(&share_id) {
                     for addr in addrs {
@@ -1296,18 +1336,25 @@ impl Manager {
         state.members.insert(id);
         state.former.remove(&s.peer);
         info!(peer = %s.peer.short(), device = %s.device_name, namespace = %state.share.name, "peer joined namespace");
+        let (again, asked) = mpsc::unbounded_channel();
         let pusher = tokio::spawn(push_index(
-            s.conn.clone(),
-            share,
-            state.share.index.clone(),
+            Push {
+                conn: s.conn.clone(),
+                share,
+                index: state.share.index.clone(),
+                tx: self.tx.clone(),
+                session: id,
+                peer: s.peer.0,
+                format: record::Format::of(s.version),
+            },
             state.share.secret.signing_key(),
-            self.tx.clone(),
-            id,
+            asked,
         ));
         s.shares.insert(
             share,
             Member {
                 pusher,
+                again,
                 storing: None,
                 records_sent: 0,
                 records_received: 0,
@@ -1421,66 +1468,153 @@ impl ShareState {
     }
 }
 
-/// Streams this node's index of `share` to one peer: everything once, then every new change.
-/// A node holding only the read-only secret cannot sign, so it announces nothing.
-async fn push_index(
+/// A received entry with its chunks rebuilt if they came as a splice — from this node's own
+/// version of the path or the peer's previous one, whichever the splice names; its path if
+/// neither is that version any more (it is then asked for again, whole).
+fn rebuilt(
+    index: &Index,
+    peer: &PeerKey,
+    received: record::Received,
+) -> Result<(String, Entry), String> {
+    let base = received.base().and_then(|hash| {
+        let path = received.path();
+        let is_base = |e: &Entry| e.is_live() && e.kind == Kind::File && e.hash == *hash;
+        let own = index.get(path).ok().flatten().filter(is_base);
+        own.or_else(|| index.remote_get(peer, path).ok().flatten().filter(is_base))
+            .map(|e| e.chunks)
+    });
+    let path = received.path().to_owned();
+    received.rebuilt(base.as_deref()).ok_or(path)
+}
+
+/// What streams this node's index of one namespace to one peer.
+struct Push {
     conn: Arc<Connection>,
     share: ShareId,
     index: Arc<Index>,
-    key: Option<ed25519_dalek::SigningKey>,
     tx: mpsc::Sender<Cmd>,
     session: u64,
+    /// The peer's node: large files are spliced from its own versions, as it announced them.
+    peer: PeerKey,
+    format: record::Format,
+}
+
+/// Streams this node's index of `share` to one peer: everything once, then every new change, and
+/// whole the entries it asks for again (`asked`). A node holding only the read-only secret cannot
+/// sign, so it announces nothing.
+async fn push_index(
+    push: Push,
+    key: Option<ed25519_dalek::SigningKey>,
+    mut asked: mpsc::UnboundedReceiver<Vec<String>>,
 ) {
     let Some(key) = key else {
         return;
     };
-    let mut changed = index.subscribe();
+    let key = Arc::new(key);
+    let mut changed = push.index.subscribe();
     let mut sent = 0u64;
+    let mut waiting = None;
     loop {
-        let (idx, after) = (index.clone(), sent);
-        let changes = match tokio::task::spawn_blocking(move || {
-            idx.changes_since(after, RECORDS_PER_MESSAGE)
+        // Asked for before anything was sent: the whole index is on its way anyway.
+        let again = waiting
+            .take()
+            .or_else(|| asked.try_recv().ok())
+            .filter(|_| sent > 0);
+        let resending = again.is_some();
+        let (index, after, key, peer, format) = (
+            push.index.clone(),
+            sent,
+            key.clone(),
+            push.peer,
+            push.format,
+        );
+        let signed = tokio::task::spawn_blocking(move || -> Result<_, IndexError> {
+            let changes = match again {
+                // As they are now, every chunk listed (spliced from nothing).
+                Some(paths) => {
+                    let mut entries = Vec::new();
+                    for path in paths {
+                        if let Some(e) = index.get(&path)? {
+                            entries.push((path, e));
+                        }
+                    }
+                    return Ok(signed(entries, &key, format, |_| None));
+                }
+                None => index.changes_since(after, RECORDS_PER_MESSAGE)?,
+            };
+            Ok(signed(changes, &key, format, |path| {
+                index.remote_get(&peer, path).ok().flatten()
+            }))
         })
-        .await
-        {
-            Ok(Ok(c)) => c,
+        .await;
+        let batches = match signed {
+            Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 warn!("reading the index to send: {e}");
                 return;
             }
             Err(_) => return,
         };
-        if changes.is_empty() {
-            if changed.changed().await.is_err() {
-                return;
+        if batches.is_empty() {
+            if resending {
+                continue;
+            }
+            tokio::select! {
+                up = changed.changed() => if up.is_err() {
+                    return;
+                },
+                paths = asked.recv() => match paths {
+                    Some(paths) => waiting = Some(paths),
+                    None => return,
+                },
             }
             continue;
         }
-        for batch in size_bounded(changes) {
-            let last = batch.last().map_or(sent, |(_, e)| e.seq);
-            let n = batch.len() as u64;
-            let records: Vec<_> = record::sign_batch(&batch, &key).into_iter().collect();
-            let message = if sent == 0 {
+        for (last, n, record) in batches {
+            let records: Vec<_> = record.into_iter().collect();
+            let message = if sent == 0 && !resending {
                 Message::IndexFull {
-                    share_id: share,
+                    share_id: push.share,
                     seq: last,
                     records,
                 }
             } else {
                 Message::IndexUpdate {
-                    share_id: share,
+                    share_id: push.share,
                     since_seq: sent,
                     records,
                 }
             };
-            if let Err(e) = conn.send(&message).await {
+            if let Err(e) = push.conn.send(&message).await {
                 warn!("cannot send index records: {e}");
                 return;
             }
-            let _ = tx.send(Cmd::Sent(session, share, n)).await;
-            sent = last;
+            let _ = push.tx.send(Cmd::Sent(push.session, push.share, n)).await;
+            // Entries sent again may be newer than what was sent in order: changes between are
+            // still to send.
+            if !resending {
+                sent = sent.max(last);
+            }
         }
     }
+}
+
+/// Entries as signed records of about [`INDEX_MESSAGE_BYTES`] each, with the highest sequence
+/// number and the count of entries in each.
+fn signed(
+    entries: Vec<(String, Entry)>,
+    key: &ed25519_dalek::SigningKey,
+    format: record::Format,
+    base: impl Fn(&str) -> Option<Entry>,
+) -> Vec<(u64, u64, Option<shoal_net::SignedRecord>)> {
+    size_bounded(entries)
+        .into_iter()
+        .map(|batch| {
+            let last = batch.iter().map(|(_, e)| e.seq).max().unwrap_or(0);
+            let record = record::sign_batch(&batch, key, format, &base);
+            (last, batch.len() as u64, record)
+        })
+        .collect()
 }
 
 /// Encoded bytes per index message, well under the frame limit.
@@ -1584,6 +1718,7 @@ mod tests {
     async fn a_peers_index_messages_are_stored_in_the_order_sent() {
         let mut m = Member {
             pusher: tokio::spawn(async {}),
+            again: mpsc::unbounded_channel().0,
             storing: None,
             records_sent: 0,
             records_received: 0,
