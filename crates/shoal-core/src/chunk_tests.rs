@@ -458,3 +458,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_chunk_close_to_one_held_is_sent_as_the_pieces_that_differ() {
+    let len = 5 * PIECE + 123;
+    let chunk: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    // What this node holds in its place: the same but for a few bytes in pieces 1 and 5, and
+    // shorter (the old file ended inside the last piece).
+    let mut near = chunk.clone();
+    near[PIECE + 10] ^= 1;
+    near.truncate(5 * PIECE + 50);
+    let (indices, bytes) = differing(&chunk, &piece_hashes(&near));
+    assert_eq!(indices, [1, 5]);
+    assert_eq!(bytes.len(), PIECE + 123);
+    assert_eq!(patched(&near, len, &indices, &bytes).unwrap(), chunk);
+
+    // Nothing held: every piece; all held: none.
+    let (all, bytes) = differing(&chunk, &[]);
+    assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(patched(&[], len, &all, &bytes).unwrap(), chunk);
+    let (none, bytes) = differing(&chunk, &piece_hashes(&chunk));
+    assert!(none.is_empty() && bytes.is_empty());
+    assert_eq!(patched(&chunk, len, &none, &bytes).unwrap(), chunk);
+
+    // Answers that do not fit are refused, not trusted.
+    let (indices, bytes) = differing(&chunk, &piece_hashes(&near));
+    assert!(
+        patched(&near, len, &[5, 1], &bytes).is_none(),
+        "out of order"
+    );
+    assert!(patched(&near, len, &[1, 1], &bytes).is_none(), "twice");
+    assert!(
+        patched(&near, len, &[1, 6], &bytes).is_none(),
+        "past the end"
+    );
+    assert!(
+        patched(&near, len, &indices, &bytes[1..]).is_none(),
+        "short"
+    );
+    assert!(
+        patched(&near, len, &[1], &bytes).is_none(),
+        "bytes left over"
+    );
+    assert!(patched(&near, len, &[u32::MAX], &bytes).is_none());
+}

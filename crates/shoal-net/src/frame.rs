@@ -339,6 +339,22 @@ mod tests {
         assert!(!resend.is_bulk());
         assert!(encode(&resend).unwrap().len() < MAX_CONTROL_FRAME);
         check(resend);
+        let near = Message::ChunkNear {
+            share_id,
+            hash: [6; 32],
+            id: 3,
+            pieces: vec![[7; 16]; crate::MAX_PIECES],
+        };
+        assert!(!near.is_bulk());
+        assert!(encode(&near).unwrap().len() < MAX_CONTROL_FRAME);
+        check(near);
+        let pieces = Message::ChunkPieces {
+            id: 3,
+            pieces: vec![0, 5, 1023],
+            bytes: vec![8; 40_000],
+        };
+        assert!(pieces.is_bulk());
+        check(pieces);
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub use conn::{Closed, ConnError, Connection, Event, Traffic};
 pub use identity::{IdentityError, NodeId, NodeIdentity};
 pub use join::JoinContext;
 pub use message::{
-    Hello, MAX_HAVE, MAX_PREVIEW, MAX_RESEND, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION,
-    PreviewChunk, RecordError, SignedRecord,
+    Hello, MAX_HAVE, MAX_PIECES, MAX_PREVIEW, MAX_RESEND, MIN_PROTOCOL_VERSION, Message,
+    PROTOCOL_VERSION, PreviewChunk, RecordError, SignedRecord,
 };
 pub use session::{Session, SessionError, accept, connect, keep_new_connection};
 pub use tls::{TlsError, TlsSetup};

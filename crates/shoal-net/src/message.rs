@@ -24,12 +24,16 @@ use crate::wire;
 
 /// The protocol version sent in [`Hello`]. Version 3 added [`Message::Preview`]; version 4 records
 /// that give a large file's chunks as a splice of a version the receiver holds (the records are
-/// the engine's), and [`Message::IndexResend`]. Each is sent only to peers that speak it.
+/// the engine's), [`Message::IndexResend`], and chunks sent as the pieces that differ from what
+/// the asker holds ([`Message::ChunkNear`], [`Message::ChunkPieces`]). Each is sent only to peers
+/// that speak it.
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version still spoken: peers with an older (or a newer) one are refused.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// Most chunks one `Preview` carries.
 pub const MAX_PREVIEW: usize = 256;
+/// Most piece hashes one `ChunkNear` carries: a chunk of [`MAX_CHUNK`] has this many pieces.
+pub const MAX_PIECES: usize = MAX_CHUNK / shoal_core::chunk::PIECE;
 /// Most paths one `IndexResend` carries.
 pub const MAX_RESEND: usize = 128;
 /// Most chunk hashes one `Have` carries.
@@ -54,7 +58,8 @@ pub struct Hello {
     pub listen_port: u16,
 }
 
-/// Every message of protocol version 4 (version 3: all but `IndexResend`; 2: nor `Preview`).
+/// Every message of protocol version 4 (version 3: all but `IndexResend`, `ChunkNear` and
+/// `ChunkPieces`; 2: nor `Preview`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Hello(Hello),
@@ -149,6 +154,26 @@ pub enum Message {
         share_id: ShareId,
         paths: Vec<String>,
     },
+    /// Since protocol 4. A `ChunkRequest` from a node that holds data close to the chunk (the same
+    /// place of the file before an edit): `pieces` are the hashes of its pieces
+    /// ([`shoal_core::chunk::piece_hashes`], at most [`MAX_PIECES`]). Answered by `ChunkPieces`,
+    /// `ChunkData` or `ChunkUnavailable`.
+    ChunkNear {
+        #[serde(with = "wire::share_id")]
+        share_id: ShareId,
+        #[serde(with = "wire::array")]
+        hash: [u8; 32],
+        id: u64,
+        pieces: Vec<[u8; 16]>,
+    },
+    /// Since protocol 4. The answer to `ChunkNear` number `id`: the pieces of the chunk whose hash
+    /// differs from the asker's (their indices, ascending), their bytes one after another.
+    ChunkPieces {
+        id: u64,
+        pieces: Vec<u32>,
+        #[serde(with = "wire::bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// One chunk of a [`Message::Preview`]: where it is in the file, and its BLAKE3.
@@ -165,7 +190,10 @@ impl Message {
     pub fn is_bulk(&self) -> bool {
         matches!(
             self,
-            Message::ChunkData { .. } | Message::IndexFull { .. } | Message::IndexUpdate { .. }
+            Message::ChunkData { .. }
+                | Message::ChunkPieces { .. }
+                | Message::IndexFull { .. }
+                | Message::IndexUpdate { .. }
         )
     }
 
@@ -173,6 +201,7 @@ impl Message {
     pub fn encoded_len_hint(&self) -> usize {
         match self {
             Message::ChunkData { bytes, .. } => bytes.len() + 16,
+            Message::ChunkPieces { pieces, bytes, .. } => bytes.len() + pieces.len() * 5 + 24,
             Message::IndexFull { records, .. } | Message::IndexUpdate { records, .. } => records
                 .iter()
                 .map(|r| r.payload.len() + 100)
@@ -200,6 +229,8 @@ impl Message {
             Message::Have { .. } => "Have",
             Message::Preview { .. } => "Preview",
             Message::IndexResend { .. } => "IndexResend",
+            Message::ChunkNear { .. } => "ChunkNear",
+            Message::ChunkPieces { .. } => "ChunkPieces",
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum FetchError {
     TimedOut,
     #[error("the peer layer is shutting down")]
     Stopped,
+    #[error("the peer's answer does not fit the chunk asked for")]
+    Unfit,
 }
 
 /// A peer's request for a chunk of one of its namespaces.
@@ -52,6 +54,8 @@ pub enum FetchError {
 pub(crate) struct Request {
     pub id: u64,
     pub hash: Hash,
+    /// The asker's piece hashes (`ChunkNear`): only the pieces that differ are sent.
+    pub near: Option<Vec<shoal_core::chunk::PieceHash>>,
     pub root: Arc<Path>,
     pub index: Arc<Index>,
 }
@@ -172,9 +176,20 @@ fn read_batch(mut waiting: VecDeque<Request>) -> (Vec<Answer>, VecDeque<Request>
         && let Some(r) = waiting.pop_front()
     {
         // Read straight into the answer's frame (no copy of the chunk to encode it).
-        let frame = r.index.read_chunk_after(&r.root, &r.hash, |len| {
-            shoal_net::frame::chunk_data_frame_head(r.id, len)
-        });
+        let frame = match &r.near {
+            None => r.index.read_chunk_after(&r.root, &r.hash, |len| {
+                shoal_net::frame::chunk_data_frame_head(r.id, len)
+            }),
+            Some(have) => r.index.read_chunk(&r.root, &r.hash).and_then(|chunk| {
+                let (pieces, bytes) = shoal_core::chunk::differing(&chunk, have);
+                let answer = Message::ChunkPieces {
+                    id: r.id,
+                    pieces,
+                    bytes,
+                };
+                shoal_net::frame::encode(&answer).ok()
+            }),
+        };
         bytes += frame.as_ref().map_or(0, Vec::len);
         batch.push((r.id, frame));
     }
@@ -268,6 +283,7 @@ mod tests {
         let request = |id: u64, hash: Hash| Request {
             id,
             hash,
+            near: None,
             root: root.clone(),
             index: index.clone(),
         };
@@ -322,6 +338,7 @@ mod tests {
             .map(|(i, c)| Request {
                 id: i as u64,
                 hash: Hash::of(c),
+                near: None,
                 root: root2.clone(),
                 index: index2.clone(),
             })
@@ -339,5 +356,35 @@ mod tests {
         let mut one = VecDeque::new();
         one.push_back(request(30, Hash::of(&chunks[0])));
         assert_eq!(read_batch(one).0.len(), 1);
+    }
+
+    #[test]
+    fn a_chunk_asked_for_near_what_the_asker_holds_is_answered_with_the_pieces_that_differ() {
+        use shoal_core::chunk::{PIECE, patched, piece_hashes};
+        let (_tmp, root, index, chunks) = namespace(2);
+        let chunk = &chunks[1];
+        let mut near = chunk.clone();
+        near[3 * PIECE + 1] ^= 0xff;
+        near[40 * PIECE] ^= 0xff;
+        let mut waiting = VecDeque::new();
+        waiting.push_back(Request {
+            id: 7,
+            hash: Hash::of(chunk),
+            near: Some(piece_hashes(&near)),
+            root: root.clone(),
+            index: index.clone(),
+        });
+        let (batch, _) = read_batch(waiting);
+        let frame = batch[0].1.as_ref().unwrap();
+        let (answer, _) = shoal_net::frame::decode_frame(frame).unwrap().unwrap();
+        let Message::ChunkPieces { id, pieces, bytes } = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!((id, pieces.as_slice()), (7, &[3, 40][..]));
+        assert_eq!(bytes.len(), 2 * PIECE);
+        assert_eq!(
+            patched(&near, chunk.len(), &pieces, &bytes).as_ref(),
+            Some(chunk)
+        );
     }
 }

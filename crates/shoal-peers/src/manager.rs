@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use shoal_core::chunk::{Chunk, Hash};
+use shoal_core::chunk::{Chunk, Hash, PieceHash};
 use shoal_core::secret::{Secret, ShareId};
 use shoal_index::{Entry, Index, IndexError, Kind, PeerKey};
 use shoal_net::backoff::Backoff;
@@ -161,7 +161,17 @@ struct Fetch {
     share: ShareId,
     hash: Hash,
     sources: Vec<NodeId>,
-    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+    /// The hashes of the pieces of what this node holds in the chunk's place, if it asks for the
+    /// pieces that differ (`ChunkNear`).
+    near: Option<Vec<PieceHash>>,
+    reply: oneshot::Sender<Result<Answer, FetchError>>,
+}
+
+/// What a peer sent for a chunk request.
+enum Answer {
+    Whole(Vec<u8>),
+    /// The pieces that differ from what the asker holds: their indices, their bytes.
+    Pieces(Vec<u32>, Vec<u8>),
 }
 
 /// A chunk request sent and not yet answered.
@@ -170,7 +180,7 @@ struct Pending {
     /// Sent on a `Have` hint rather than to a node whose index lists the chunk.
     hinted: bool,
     since: Instant,
-    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+    reply: oneshot::Sender<Result<Answer, FetchError>>,
 }
 
 /// A request unanswered for this long fails, and the caller tries another peer.
@@ -303,19 +313,59 @@ impl Peers {
         hash: Hash,
         sources: Vec<NodeId>,
     ) -> Result<Vec<u8>, FetchError> {
+        match self.ask(share, hash, sources, None).await? {
+            Answer::Whole(bytes) => Ok(bytes),
+            Answer::Pieces(..) => Err(FetchError::Unfit),
+        }
+    }
+
+    /// [`Peers::fetch`] for a chunk of `len` bytes where this node holds `near` — what was in
+    /// its place before the file changed: a peer that speaks protocol 4 sends only the
+    /// [`PIECE`](shoal_core::chunk::PIECE)s that differ, put together here with the rest of
+    /// `near`. The caller verifies the bytes as for any fetch: a piece of `near` that merely
+    /// hashed alike would show there.
+    pub async fn fetch_near(
+        &self,
+        share: ShareId,
+        hash: Hash,
+        sources: Vec<NodeId>,
+        near: &[u8],
+        len: u32,
+    ) -> Result<Vec<u8>, FetchError> {
+        let pieces = shoal_core::chunk::piece_hashes(&near[..near.len().min(len as usize)]);
+        match self.ask(share, hash, sources, Some(pieces)).await? {
+            Answer::Whole(bytes) => Ok(bytes),
+            Answer::Pieces(indices, bytes) => {
+                shoal_core::chunk::patched(near, len as usize, &indices, &bytes)
+                    .ok_or(FetchError::Unfit)
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        share: ShareId,
+        hash: Hash,
+        sources: Vec<NodeId>,
+        near: Option<Vec<PieceHash>>,
+    ) -> Result<Answer, FetchError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd::Fetch(Fetch {
             share,
             hash,
             sources,
+            near,
             reply,
         });
         if self.tx.send(cmd).await.is_err() {
             return Err(FetchError::Stopped);
         }
-        let bytes = rx.await.unwrap_or(Err(FetchError::Stopped))?;
-        self.limits.download.take(bytes.len() as u64).await;
-        Ok(bytes)
+        let answer = rx.await.unwrap_or(Err(FetchError::Stopped))?;
+        let received = match &answer {
+            Answer::Whole(bytes) | Answer::Pieces(_, bytes) => bytes.len(),
+        };
+        self.limits.download.take(received as u64).await;
+        Ok(answer)
     }
 
     /// Tells the members of `share` that this node now holds `hashes` (chunks of files it is still
@@ -582,10 +632,18 @@ impl Manager {
         };
         let id = self.next_request;
         self.next_request += 1;
-        let request = Message::ChunkRequest {
-            share_id: fetch.share,
-            hash: fetch.hash.0,
-            id,
+        let request = match fetch.near {
+            Some(pieces) if s.version >= 4 => Message::ChunkNear {
+                share_id: fetch.share,
+                hash: fetch.hash.0,
+                id,
+                pieces,
+            },
+            _ => Message::ChunkRequest {
+                share_id: fetch.share,
+                hash: fetch.hash.0,
+                id,
+            },
         };
         if s.conn.try_send(&request).is_err() {
             let _ = fetch.reply.send(Err(FetchError::Disconnected));
@@ -702,21 +760,51 @@ impl Manager {
         }
     }
 
+    /// A chunk asked for by session `id`'s peer: served if it is a member of `share`, else the
+    /// session is closed.
+    async fn chunk_asked(
+        &mut self,
+        id: u64,
+        share: ShareId,
+        hash: Hash,
+        req: u64,
+        near: Option<Vec<PieceHash>>,
+    ) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        if s.shares.contains_key(&share) {
+            self.serve_chunk(id, share, hash, req, near);
+        } else {
+            warn!(peer = %s.peer.short(), "chunk request for a namespace it has not joined; closing");
+            self.drop_session(id, Some("chunk request for a namespace not joined"))
+                .await;
+        }
+    }
+
     /// Queues a chunk request from a member with the session's server (see [`chunks::Server`]).
-    fn serve_chunk(&self, session: u64, share: ShareId, hash: Hash, id: u64) {
+    fn serve_chunk(
+        &self,
+        session: u64,
+        share: ShareId,
+        hash: Hash,
+        id: u64,
+        near: Option<Vec<PieceHash>>,
+    ) {
         let (Some(s), Some(state)) = (self.sessions.get(&session), self.shares.get(&share)) else {
             return;
         };
         s.server.request(chunks::Request {
             id,
             hash,
+            near,
             root: state.share.root.clone(),
             index: state.share.index.clone(),
         });
     }
 
     /// Answers a pending request, if `session` is the one it was sent on.
-    fn answer(&mut self, session: u64, id: u64, result: Result<Vec<u8>, FetchError>) {
+    fn answer(&mut self, session: u64, id: u64, result: Result<Answer, FetchError>) {
         if self.pending.get(&id).is_some_and(|p| p.session == session)
             && let Some(p) = self.finish_request(id)
         {
@@ -1256,14 +1344,16 @@ impl Manager {
                 share_id,
                 hash,
                 id: req,
+            } => self.chunk_asked(id, share_id, Hash(hash), req, None).await,
+            Message::ChunkNear {
+                share_id,
+                hash,
+                id: req,
+                mut pieces,
             } => {
-                if s.shares.contains_key(&share_id) {
-                    self.serve_chunk(id, share_id, Hash(hash), req);
-                } else {
-                    warn!(peer = %s.peer.short(), "chunk request for a namespace it has not joined; closing");
-                    self.drop_session(id, Some("chunk request for a namespace not joined"))
-                        .await;
-                }
+                pieces.truncate(shoal_net::MAX_PIECES);
+                self.chunk_asked(id, share_id, Hash(hash), req, Some(pieces))
+                    .await;
             }
             Message::Have { share_id, hashes } => {
                 if !s.shares.contains_key(&share_id) {
@@ -1307,7 +1397,12 @@ impl Manager {
                     state.share.index.previewed(s.peer.0, path, size, chunks);
                 }
             }
-            Message::ChunkData { id: req, bytes } => self.answer(id, req, Ok(bytes)),
+            Message::ChunkData { id: req, bytes } => self.answer(id, req, Ok(Answer::Whole(bytes))),
+            Message::ChunkPieces {
+                id: req,
+                pieces,
+                bytes,
+            } => self.answer(id, req, Ok(Answer::Pieces(pieces, bytes))),
             Message::ChunkUnavailable { id: req } => {
                 self.answer(id, req, Err(FetchError::Unavailable));
             }

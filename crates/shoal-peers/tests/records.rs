@@ -19,7 +19,8 @@ struct Node {
     peers: Peers,
     index: Arc<Index>,
     id: [u8; 32],
-    _dir: tempfile::TempDir,
+    share: shoal_core::secret::ShareId,
+    dir: tempfile::TempDir,
 }
 
 async fn node(
@@ -54,7 +55,8 @@ async fn node(
         peers,
         index,
         id,
-        _dir: dir,
+        share: secret.share_id(),
+        dir,
     }
 }
 
@@ -174,5 +176,55 @@ async fn a_large_files_record_is_a_splice_and_comes_whole_when_it_cannot_be_rebu
         stored(&b, &a, "big") == Some(v3.chunks.clone())
     })
     .await;
+    let _ = stop_tx.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_asked_for_near_what_the_asker_holds_comes_as_the_pieces_that_differ() {
+    use shoal_core::chunk::PIECE;
+    use std::os::unix::fs::MetadataExt;
+    let secret = ReadWriteSecret::from_bytes([8; 20]);
+    let (stop_tx, stop) = watch::channel(false);
+    let a = node(&secret, None, stop.clone()).await;
+    let b = node(&secret, a.peers.local_addr(), stop).await;
+
+    // `a` holds a file of one 1 MiB chunk, indexed as it is on disk.
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    std::fs::write(a.dir.path().join("f"), &chunk).unwrap();
+    let m = std::fs::metadata(a.dir.path().join("f")).unwrap();
+    let mut e = file(
+        vec![ChunkRef {
+            len: chunk.len() as u32,
+            hash: Hash::of(&chunk),
+        }],
+        1,
+    );
+    e.mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    e.local = LocalStat {
+        inode: m.ino(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    };
+    put(&a.index, "f", e);
+    until("b has a's index", || stored(&b, &a, "f").is_some()).await;
+
+    // `b` holds what was there before two small writes.
+    let mut near = chunk.clone();
+    near[5 * PIECE + 3] ^= 1;
+    near[60 * PIECE] ^= 1;
+    let before = bytes_sent(&a).await;
+    let got = b
+        .peers
+        .fetch_near(
+            b.share,
+            Hash::of(&chunk),
+            vec![shoal_net::NodeId(a.id)],
+            &near,
+            chunk.len() as u32,
+        )
+        .await
+        .unwrap();
+    assert!(got == chunk, "put together wrong");
+    let sent = bytes_sent(&a).await - before;
+    assert!(sent < 3 * PIECE as u64, "{sent} bytes sent for two pieces");
     let _ = stop_tx.send(true);
 }

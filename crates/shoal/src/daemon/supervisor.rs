@@ -86,6 +86,24 @@ impl ChunkSource for PeerChunks {
         })
     }
 
+    fn fetch_near(
+        &self,
+        hash: Hash,
+        sources: Vec<shoal_index::PeerKey>,
+        near: Vec<u8>,
+        len: u32,
+    ) -> Fetching {
+        let peers = self.peers.clone();
+        let share = self.share;
+        Box::pin(async move {
+            let sources = sources.into_iter().map(shoal_net::NodeId).collect();
+            peers
+                .fetch_near(share, hash, sources, &near, len)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn have(&self, hashes: Vec<Hash>) {
         self.peers.announce_blocking(self.share, hashes);
     }
