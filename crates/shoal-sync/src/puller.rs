@@ -1667,7 +1667,7 @@ fn edges(
 /// Missing chunks asked for as pieces at each end of a run of them ([`edges`]).
 const EDGE_CHUNKS: usize = 2;
 
-/// A chunk at the edge of an edit ([`edges`]): the pieces that differ from what `old` holds in
+/// A chunk of a file being edited ([`edges`]): the pieces that differ from what `old` holds in
 /// its place, put together with the rest and verified; if that fails, the whole chunk
 /// ([`fetch_verified`]).
 async fn fetch_near_verified(
@@ -1691,16 +1691,21 @@ async fn fetch_near_verified(
     })
     .await
     .unwrap_or_default();
-    if !near.is_empty()
-        && let Ok(bytes) = source
-            .fetch_near(chunk.hash, sources.to_vec(), near, chunk.len)
-            .await
-        && bytes.len() == len
-        && Hash::of(&bytes) == chunk.hash
-    {
-        return Ok(bytes);
+    if near.is_empty() {
+        return fetch_verified(source, sources, chunk).await;
     }
-    debug!(chunk = %&chunk.hash.to_hex()[..12], "the chunk put together from pieces did not verify: fetched whole");
+    match source
+        .fetch_near(chunk.hash, sources.to_vec(), near, chunk.len)
+        .await
+    {
+        Ok(bytes) if bytes.len() == len && Hash::of(&bytes) == chunk.hash => return Ok(bytes),
+        Ok(_) => {
+            debug!(chunk = %&chunk.hash.to_hex()[..12], "a chunk put together from pieces did not verify: fetched whole")
+        }
+        Err(e) => {
+            debug!(chunk = %&chunk.hash.to_hex()[..12], "a chunk asked for as pieces: {e}; fetched whole")
+        }
+    }
     fetch_verified(source, sources, chunk).await
 }
 
