@@ -329,14 +329,21 @@ impl Peers {
         share: ShareId,
         hash: Hash,
         sources: Vec<NodeId>,
-        near: &[u8],
+        mut near: Vec<u8>,
         len: u32,
     ) -> Result<Vec<u8>, FetchError> {
-        let pieces = shoal_core::chunk::piece_hashes(&near[..near.len().min(len as usize)]);
+        near.truncate(len as usize);
+        // Hashing up to a chunk's worth is not for the async threads.
+        let (near, pieces) = tokio::task::spawn_blocking(move || {
+            let pieces = shoal_core::chunk::piece_hashes(&near);
+            (near, pieces)
+        })
+        .await
+        .map_err(|_| FetchError::Stopped)?;
         match self.ask(share, hash, sources, Some(pieces)).await? {
             Answer::Whole(bytes) => Ok(bytes),
             Answer::Pieces(indices, bytes) => {
-                shoal_core::chunk::patched(near, len as usize, &indices, &bytes)
+                shoal_core::chunk::patched(&near, len as usize, &indices, &bytes)
                     .ok_or(FetchError::Unfit)
             }
         }

@@ -218,7 +218,7 @@ async fn a_chunk_asked_for_near_what_the_asker_holds_comes_as_the_pieces_that_di
             b.share,
             Hash::of(&chunk),
             vec![shoal_net::NodeId(a.id)],
-            &near,
+            near.clone(),
             chunk.len() as u32,
         )
         .await

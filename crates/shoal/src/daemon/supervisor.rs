@@ -98,7 +98,7 @@ impl ChunkSource for PeerChunks {
         Box::pin(async move {
             let sources = sources.into_iter().map(shoal_net::NodeId).collect();
             peers
-                .fetch_near(share, hash, sources, &near, len)
+                .fetch_near(share, hash, sources, near, len)
                 .await
                 .map_err(|e| e.to_string())
         })
