@@ -47,14 +47,24 @@ struct Wire<C> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Chunks {
     Listed(Vec<ChunkRef>),
-    /// The chunks of the version whose file hash is `base`, with the `removed` chunks from
-    /// index `at` on replaced by `inserted`.
-    Spliced {
-        base: Hash,
-        at: u32,
-        removed: u32,
-        inserted: Vec<ChunkRef>,
-    },
+    Spliced(Splice),
+}
+
+/// Protocol 2 and 3 list every chunk.
+impl From<Vec<ChunkRef>> for Chunks {
+    fn from(listed: Vec<ChunkRef>) -> Chunks {
+        Chunks::Listed(listed)
+    }
+}
+
+/// The chunks of the version whose file hash is `base`, with the `removed` chunks from index
+/// `at` on replaced by `inserted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Splice {
+    base: Hash,
+    at: u32,
+    removed: u32,
+    inserted: Vec<ChunkRef>,
 }
 
 /// How a peer reads records, from the protocol version it speaks.
@@ -162,12 +172,12 @@ fn chunks_for(path: &str, entry: &Entry, base: &impl Fn(&str) -> Option<Entry>) 
     if inserted.len() * 2 > new.len() {
         return listed();
     }
-    Chunks::Spliced {
+    Chunks::Spliced(Splice {
         base: old.hash,
         at: before as u32,
         removed: (old_chunks.len() - before - after) as u32,
         inserted: inserted.to_vec(),
-    }
+    })
 }
 
 /// One entry of a record as received: its chunks are known, or must be rebuilt from a version
@@ -177,14 +187,6 @@ pub struct Received {
     path: String,
     entry: Entry,
     splice: Option<Splice>,
-}
-
-#[derive(Debug)]
-struct Splice {
-    base: Hash,
-    at: u32,
-    removed: u32,
-    inserted: Vec<ChunkRef>,
 }
 
 impl Received {
@@ -239,46 +241,24 @@ pub fn open_batch(
         Format::Listed => {
             let wire: Vec<Wire<Vec<ChunkRef>>> =
                 postcard::from_bytes(&record.payload).map_err(|_| Rejected::Decode)?;
-            wire.into_iter()
-                .map(|w| from_wire(w, |c| (Some(c), None)))
-                .collect()
+            wire.into_iter().map(from_wire).collect()
         }
         Format::Spliced => {
             let wire: Vec<Wire<Chunks>> =
                 postcard::from_bytes(&record.payload).map_err(|_| Rejected::Decode)?;
-            wire.into_iter()
-                .map(|w| {
-                    from_wire(w, |c| match c {
-                        Chunks::Listed(c) => (Some(c), None),
-                        Chunks::Spliced {
-                            base,
-                            at,
-                            removed,
-                            inserted,
-                        } => (
-                            None,
-                            Some(Splice {
-                                base,
-                                at,
-                                removed,
-                                inserted,
-                            }),
-                        ),
-                    })
-                })
-                .collect()
+            wire.into_iter().map(from_wire).collect()
         }
     })
 }
 
-fn from_wire<C>(
-    wire: Wire<C>,
-    chunks: impl FnOnce(C) -> (Option<Vec<ChunkRef>>, Option<Splice>),
-) -> Result<Received, Rejected> {
+fn from_wire(wire: Wire<impl Into<Chunks>>) -> Result<Received, Rejected> {
     if !safe_path(&wire.path) {
         return Err(Rejected::Path(wire.path));
     }
-    let (listed, splice) = chunks(wire.chunks);
+    let (listed, splice) = match wire.chunks.into() {
+        Chunks::Listed(c) => (Some(c), None),
+        Chunks::Spliced(s) => (None, Some(s)),
+    };
     let consistent = match (&listed, wire.kind, wire.deleted) {
         // Spliced chunks are checked once rebuilt (`Received::rebuilt`).
         (None, kind, deleted) => kind == Kind::File && !deleted && wire.target.is_none(),
@@ -443,12 +423,12 @@ mod tests {
         let mut dir = entry();
         (dir.kind, dir.chunks, dir.size) = (Kind::Dir, Vec::new(), 0);
         let mut w = to_wire("d", &dir, Chunks::Listed(Vec::new()));
-        w.chunks = Chunks::Spliced {
+        w.chunks = Chunks::Spliced(Splice {
             base: Hash([0; 32]),
             at: 0,
             removed: 0,
             inserted: Vec::new(),
-        };
+        });
         let record = SignedRecord::sign(
             postcard::to_allocvec(&vec![w]).unwrap(),
             &secret.signing_key(),

@@ -1566,15 +1566,15 @@ async fn fetch_missing(
         tokio::task::spawn_blocking(move || write_fetched(&config, filling, &shared, None, writes))
     };
     let mut tasks = JoinSet::new();
-    let edges = edges(config, need, &missing);
-    debug!(path = %need.path, missing = missing.len(), near = edges.as_ref().map_or(0, |(_, at)| at.len()), "fetcher");
+    let near_at = near_chunks(config, need, &missing);
+    debug!(path = %need.path, missing = missing.len(), near = near_at.as_ref().map_or(0, |(_, at)| at.len()), "fetcher");
     for chunk in in_windows(missing, FETCH_WINDOW, shuffler()) {
         let source = config.source.clone();
         let sources = need.sources.clone();
         let fetches = fetches.clone();
         let to_writer = to_writer.clone();
         let shared = shared.clone();
-        let near = edges
+        let near = near_at
             .as_ref()
             .filter(|(_, at)| at.contains(&chunk.offset))
             .map(|(old, _)| old.clone());
@@ -1623,7 +1623,7 @@ async fn fetch_missing(
 /// edit, not a new file), every missing chunk is asked for so; elsewhere the first and last
 /// [`EDGE_CHUNKS`] of each run of missing chunks, the rest being new through and through (reading
 /// and hashing the old bytes would be for nothing).
-fn edges(
+fn near_chunks(
     config: &PullerConfig,
     need: &Need,
     missing: &[shoal_core::chunk::Chunk],
@@ -1664,10 +1664,10 @@ fn edges(
         .then(|| (Arc::new(old), at))
 }
 
-/// Missing chunks asked for as pieces at each end of a run of them ([`edges`]).
+/// Missing chunks asked for as pieces at each end of a run of them ([`near_chunks`]).
 const EDGE_CHUNKS: usize = 2;
 
-/// A chunk of a file being edited ([`edges`]): the pieces that differ from what `old` holds in
+/// A chunk of a file being edited ([`near_chunks`]): the pieces that differ from what `old` holds in
 /// its place, put together with the rest and verified; if that fails, the whole chunk
 /// ([`fetch_verified`]).
 async fn fetch_near_verified(
