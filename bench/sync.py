@@ -8,10 +8,14 @@ delta (1 MiB overwritten in the middle of the 1 GiB file; then 1 byte inserted a
 fanout (1 GiB to 3 peers), rss (after 10,000 files). One JSON line per result, as stbench.py prints;
 shoal's lines also give each node's CPU seconds during the timed sync (cpu_s, node 1 first) and
 the whole machine's (busy_s: every process and kernel thread; at most cores x seconds), and what
-each node sent its peers (sent_mb).
+each node sent its peers (sent_mb). --node-cpus gives every daemon a CPU budget of its own
+(budget.py): nodes as separate machines rather than four daemons sharing two cores.
 Everything stays on loopback; no discovery beyond the seed address.
 """
-import argparse, hashlib, json, os, random, shutil, signal, socket, subprocess, tempfile, time
+import argparse, hashlib, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import budget  # noqa: E402
 
 GiB = 1 << 30
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,8 +34,10 @@ def wait(pred, timeout, step=0.02):
 
 
 class Node:
-    def __init__(self, binary, root, i, seed, upload_limit=0):
-        self.i, self.bin, self.upload_limit = i, binary, upload_limit
+    def __init__(self, binary, root, i, seed, upload_limit=0, cpus=0):
+        self.i, self.bin, self.upload_limit, self.cpus = i, binary, upload_limit, cpus
+        # Its CPU budget's group (see budget.py), named for this run and node.
+        self.group = f"shoal-{os.path.basename(root)}-{i}"
         self.base = os.path.join(root, f"shoal{i}")
         self.data = os.path.join(self.base, "data")
         os.makedirs(self.data, exist_ok=True)
@@ -73,8 +79,9 @@ class Node:
         self.ctl("init", "--name", f"bench{self.i}", "--upload-limit", str(self.upload_limit))
         self.ctl("add", "--secret", secret, "bench")
         self.log = open(os.path.join(self.base, "log"), "w")
+        join = (lambda: budget.join(self.group, self.cpus)) if self.cpus else None
         self.proc = subprocess.Popen([self.bin, "daemon"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=self.log)
+                                     stderr=self.log, preexec_fn=join)
         assert wait(lambda: self.status()["running"], 30), "shoal did not start"
 
     def stop(self):
@@ -85,6 +92,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.cpus:
+            budget.remove(self.group)
 
     @property
     def folder(self):
@@ -110,19 +119,19 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, binary, root, n, upload_limit=0):
-        self.root, self.n, self.bin, self.upload_limit = root, n, binary, upload_limit
+    def __init__(self, binary, root, n, upload_limit=0, cpus=0):
+        self.root, self.n, self.bin, self.upload_limit, self.cpus = root, n, binary, upload_limit, cpus
         self.secret = subprocess.run([binary, "secret"], check=True, capture_output=True,
                                      text=True).stdout.strip()
         self.nodes = []
 
     def __enter__(self):
-        first = Node(self.bin, self.root, 1, None, self.upload_limit)
+        first = Node(self.bin, self.root, 1, None, self.upload_limit, self.cpus)
         first.start(self.secret)
         self.nodes.append(first)
         seed = first.status()["listen"]
         for i in range(2, self.n + 1):
-            nd = Node(self.bin, self.root, i, seed, self.upload_limit)
+            nd = Node(self.bin, self.root, i, seed, self.upload_limit, self.cpus)
             nd.start(self.secret)
             self.nodes.append(nd)
         for nd in self.nodes:
@@ -258,10 +267,19 @@ def main():
     ap.add_argument("--upload-limit", type=int, default=0, metavar="KBPS",
                     help="every node's upload_limit in kB/s (0: none): each node as if behind its own "
                          "link, where fanout shows whether receivers pass chunks on to each other")
+    ap.add_argument("--node-cpus", type=float, default=0, metavar="CORES",
+                    help="every node's CPU budget in cores (0: none; see budget.py): each node as if "
+                         "a machine of its own, where fanout shows whether receivers pass chunks on "
+                         "rather than how much CPU four daemons on one machine need in all")
     ap.add_argument("--keep", action="store_true",
                     help="keep each run's nodes (folders, state, logs) under --workdir")
     ap.add_argument("workloads", nargs="+")
     a = ap.parse_args()
+    if a.node_cpus:
+        try:
+            budget.check()
+        except budget.Unavailable as e:
+            ap.error(str(e))
     root = a.workdir or tempfile.mkdtemp(prefix="shoalbench-")
     os.makedirs(root, exist_ok=True)
     stage = os.path.join(root, "stage")
@@ -273,7 +291,7 @@ def main():
             f = os.path.join(stage, "big")
             make_big(f)
             base = {k: baseline(f, k) for k in ("rsync", "cp")}
-            with Cluster(a.bin, run, n, a.upload_limit) as cl:
+            with Cluster(a.bin, run, n, a.upload_limit, a.node_cpus) as cl:
                 dt = timed_sync(cl, f, "big", 1)
                 if w == "delta":
                     p1 = os.path.join(cl.nodes[0].folder, "big")
@@ -306,14 +324,14 @@ def main():
                              wire_bytes=cl.wire_bytes() - b0)
                 else:
                     emit(tool="shoal", workload=w, nodes=n, seconds=round(dt, 3),
-                         upload_limit_kbps=a.upload_limit,
+                         upload_limit_kbps=a.upload_limit, node_cpus=a.node_cpus,
                          mb_s=round(GiB / dt / 1e6, 1), rsync_s=round(base["rsync"], 3),
                          cp_s=round(base["cp"], 3), cpu_s=cl.last_cpu, busy_s=cl.last_busy, sent_mb=cl.last_sent)
         elif w in ("small", "rss"):
             d = os.path.join(stage, "small")
             make_small(d)
             base = {k: baseline(d, k) for k in ("rsync", "cp")}
-            with Cluster(a.bin, run, n) as cl:
+            with Cluster(a.bin, run, n, cpus=a.node_cpus) as cl:
                 dt = timed_sync(cl, d, "small", 10000)
                 emit(tool="shoal", workload="small", nodes=n, seconds=round(dt, 3),
                      files_s=round(10000 / dt), rsync_s=round(base["rsync"], 3),
@@ -322,7 +340,7 @@ def main():
                 emit(tool="shoal", workload="rss", rss_kib=[nd.rss_kib() for nd in cl.nodes],
                      files=10000)
         elif w == "latency":
-            with Cluster(a.bin, run, 2) as cl:
+            with Cluster(a.bin, run, 2, cpus=a.node_cpus) as cl:
                 p1 = os.path.join(cl.nodes[0].folder, "note.txt")
                 p2 = os.path.join(cl.nodes[1].folder, "note.txt")
                 open(p1, "w").write("start\n")
