@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use shoal_core::chunk::{Chunk, Hash};
 use shoal_core::ignore::TEMP_PREFIX;
 use shoal_index::{PeerKey, Preview};
-use shoal_scan::WriteBehind;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -279,11 +278,7 @@ async fn fetch_ahead(
     let (to_writer, writes) = mpsc::channel::<(Chunk, Vec<u8>)>(WRITES_QUEUED);
     let writer = {
         let (config, shared) = (config.clone(), shared.clone());
-        let filling = Filling {
-            path: temp.clone(),
-            file: Arc::new(file),
-            behind: WriteBehind::new(),
-        };
+        let filling = Filling::new(temp.clone(), file);
         tokio::task::spawn_blocking(move || {
             write_fetched(&config, filling, &shared, Some(written.as_ref()), writes)
         })

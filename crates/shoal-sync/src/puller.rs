@@ -1510,26 +1510,56 @@ async fn assemble(
     }
     // What was fetched ahead of the record, if anything: its temporary becomes this one.
     let ahead = ahead::adopt(config, shared, &need.path, &temp).await;
-    // Copier: resume and local chunks, off the async threads.
+    // What is there (resumed, fetched ahead), what local files hold, what to fetch: off the
+    // async threads.
     let started = Instant::now();
-    let (filling, missing) = {
-        let config = config.clone();
-        let shared = shared.clone();
-        let into = temp.clone();
+    let cannot_write =
+        |e: &io::Error| Failure::io(format_args!("cannot write {}", temp.display()), e);
+    let Local {
+        filling,
+        to_copy,
+        missing,
+    } = {
+        let (config, shared, into) = (config.clone(), shared.clone(), temp.clone());
         let chunks: Vec<_> = need.target.chunks_with_offsets().collect();
         tokio::task::spawn_blocking(move || {
-            copy_local(&config, &shared, &into, chunks, ahead.as_ref())
+            plan_local(&config, &shared, &into, chunks, ahead.as_ref())
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| Failure::io(format_args!("cannot write {}", temp.display()), &e))?
+        .map_err(|e| cannot_write(&e))?
     };
-    debug!(path = %need.path, missing = missing.len(), secs = started.elapsed().as_secs_f32(), "copier done");
-    let file = filling.file.clone();
-    if !missing.is_empty() {
-        fetch_missing(config, shared, &need, filling, missing, fetches).await?;
-        debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "fetcher done");
+    debug!(path = %need.path, copy = to_copy.len(), missing = missing.len(), "copier and fetcher");
+    // The copier and the fetcher at once; the copier is always waited for (it writes into the
+    // temporary until it is done, whatever the fetcher met).
+    let copying = {
+        let (config, shared, filling) = (config.clone(), shared.clone(), filling.clone());
+        tokio::task::spawn_blocking(move || copy_planned(&config, &shared, &filling, to_copy))
+    };
+    let fetched = if missing.is_empty() {
+        Ok(())
+    } else {
+        fetch_missing(
+            config,
+            shared,
+            &need,
+            filling.clone(),
+            missing,
+            fetches.clone(),
+        )
+        .await
+    };
+    let failed = copying
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| cannot_write(&e))?;
+    fetched?;
+    if !failed.is_empty() {
+        // Their file changed or went since it was indexed.
+        fetch_missing(config, shared, &need, filling.clone(), failed, fetches).await?;
     }
+    debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "copier and fetcher done");
+    let file = filling.file.clone();
     let target = need.target.clone();
     let temp2 = temp.clone();
     tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -1731,12 +1761,30 @@ async fn fetch_verified(
     )))
 }
 
-/// A temporary being filled by the fetcher: where it is (the chunks written into it are offered
-/// to peers from there), the open file, and its write-behind window.
+/// A temporary being filled: where it is (the chunks written into it are offered to peers from
+/// there), the open file, and its write-behind window, which the copier and the fetcher's writer
+/// share when both fill it at once (a window that did not know what the other wrote would never
+/// see its front move past the first range it missed).
+#[derive(Clone)]
 struct Filling {
     path: Arc<Path>,
     file: Arc<File>,
-    behind: WriteBehind,
+    behind: Arc<Mutex<WriteBehind>>,
+}
+
+impl Filling {
+    fn new(path: Arc<Path>, file: File) -> Filling {
+        Filling {
+            path,
+            file: Arc::new(file),
+            behind: Arc::default(),
+        }
+    }
+
+    /// The temporary now holds `offset..end`.
+    fn wrote(&self, offset: u64, end: u64) {
+        lock(&self.behind).wrote(&self.file, offset, end);
+    }
 }
 
 /// Fetched chunks waiting for the file's writer.
@@ -1753,16 +1801,11 @@ fn write_fetched(
     ahead: Option<&Mutex<ahead::Written>>,
     mut writes: tokio::sync::mpsc::Receiver<(shoal_core::chunk::Chunk, Vec<u8>)>,
 ) -> io::Result<()> {
-    let Filling {
-        path: temp,
-        file,
-        mut behind,
-    } = filling;
     let mut fresh = Vec::new();
     while let Some((chunk, bytes)) = writes.blocking_recv() {
-        file.write_all_at(&bytes, chunk.offset)?;
+        filling.file.write_all_at(&bytes, chunk.offset)?;
         let n = bytes.len() as u64;
-        behind.wrote(&file, chunk.offset, chunk.offset + n);
+        filling.wrote(chunk.offset, chunk.offset + n);
         shared.fetched.fetch_add(n, Ordering::Relaxed);
         match ahead {
             // Counted in a round's progress when its pull adopts it.
@@ -1773,7 +1816,7 @@ fn write_fetched(
                 shared.bytes_done.fetch_add(n, Ordering::Relaxed);
             }
         }
-        if index(config).assembling(&temp, chunk.hash, chunk.offset, chunk.len) {
+        if index(config).assembling(&filling.path, chunk.hash, chunk.offset, chunk.len) {
             fresh.push(chunk.hash);
         }
         if fresh.len() >= ANNOUNCE_AT || (!fresh.is_empty() && writes.is_empty()) {
@@ -1850,24 +1893,27 @@ fn shuffler() -> impl FnMut() -> u64 {
     }
 }
 
-/// Opens (or creates) the temporary file, reserves its room ([`preallocate`]) and fills it with
-/// every chunk already there (`ahead`: the chunks written in a temporary fetched ahead, which
-/// holds nothing else) or available locally; returns it as the fetcher fills it on (its
-/// write-behind window included: a window that did not know what the copier wrote would never
-/// see its front move past the first copied range), and the chunks still missing.
-///
-/// A chunk of a local file whose stat is still the one it was indexed with is copied in the
-/// kernel (`copy_file_range`, runs of neighbouring chunks in one call) without being read here:
-/// the same trust the scanner gives an unchanged stat (a write since the scanner's stat gets a new
-/// ctime). If the file's stat has moved by the end of the copy, what came from it is read back
-/// from the temporary and verified. Chunks of any other file are read and verified first.
-fn copy_local(
+/// What [`plan_local`] found for a temporary: the temporary, the chunks a local file holds (for
+/// [`copy_planned`]), and those that must be fetched.
+struct Local {
+    filling: Filling,
+    to_copy: Vec<shoal_core::chunk::Chunk>,
+    missing: Vec<shoal_core::chunk::Chunk>,
+}
+
+/// Opens (or creates) the temporary file, reserves its room ([`preallocate`]), keeps every chunk
+/// already there (`ahead`: the chunks written in a temporary fetched ahead, which holds nothing
+/// else; or a temporary being resumed), and tells the chunks a local file holds — for
+/// [`copy_planned`] to copy — from those to fetch. The two then fill the temporary at once: an
+/// edit of a large file is a copy of most of it and a fetch of the rest, and takes as long as
+/// the longer of them, not both.
+fn plan_local(
     config: &PullerConfig,
     shared: &Shared,
     temp: &Path,
     chunks: Vec<shoal_core::chunk::Chunk>,
     ahead: Option<&ahead::Written>,
-) -> io::Result<(Filling, Vec<shoal_core::chunk::Chunk>)> {
+) -> io::Result<Local> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1879,40 +1925,97 @@ fn copy_local(
     let have = file.metadata()?.len();
     let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.len));
     preallocate(&file, have, size)?;
-    let mut copier = Copier::new(config, &file);
-    let mut missing = Vec::new();
+    let filling = Filling::new(temp.into(), file);
+    let (mut to_copy, mut missing) = (Vec::new(), Vec::new());
+    let mut buf = Vec::new();
     for chunk in chunks {
         let len = u64::from(chunk.len);
         // A temporary fetched ahead holds what it wrote and nothing else: not read again.
         let there = match ahead {
             Some(written) => written.get(&chunk.offset) == Some(&(chunk.hash, chunk.len)),
-            None => chunk.offset + len <= have && copier.already_there(&chunk),
+            None => chunk.offset + len <= have && holds(&filling.file, &mut buf, &chunk),
         };
         if there {
-            copier.behind.wrote(&file, chunk.offset, chunk.offset + len);
+            filling.wrote(chunk.offset, chunk.offset + len);
             shared.bytes_done.fetch_add(len, Ordering::Relaxed);
-        } else if copier.copy_from_local(&chunk)? {
-            shared.copied.fetch_add(len, Ordering::Relaxed);
-            shared.bytes_done.fetch_add(len, Ordering::Relaxed);
+        } else if held_locally(config, &chunk) {
+            to_copy.push(chunk);
         } else {
             missing.push(chunk);
         }
     }
-    let (failed, behind) = copier.finish()?;
-    for chunk in failed {
+    Ok(Local {
+        filling,
+        to_copy,
+        missing,
+    })
+}
+
+/// Whether the index knows a local file holding `chunk` (where it still does is for the copier
+/// to find).
+fn held_locally(config: &PullerConfig, chunk: &shoal_core::chunk::Chunk) -> bool {
+    index(config)
+        .chunk_locations(&chunk.hash)
+        .is_ok_and(|locations| locations.iter().any(|l| l.len == chunk.len))
+}
+
+/// Copier: copies `to_copy` into the temporary from the local files holding them; returns those
+/// it could not (their file changed or went since it was indexed), to be fetched.
+///
+/// A chunk of a local file whose stat is still the one it was indexed with is copied in the
+/// kernel (`copy_file_range`, runs of neighbouring chunks in one call) without being read here:
+/// the same trust the scanner gives an unchanged stat (a write since the scanner's stat gets a new
+/// ctime). If the file's stat has moved by the end of the copy, what came from it is read back
+/// from the temporary and verified. Chunks of any other file are read and verified first.
+fn copy_planned(
+    config: &PullerConfig,
+    shared: &Shared,
+    filling: &Filling,
+    to_copy: Vec<shoal_core::chunk::Chunk>,
+) -> io::Result<Vec<shoal_core::chunk::Chunk>> {
+    let mut copier = Copier::new(config, filling);
+    let mut failed = Vec::new();
+    for chunk in to_copy {
+        if copier.copy_from_local(&chunk)? {
+            shared
+                .copied
+                .fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            shared
+                .bytes_done
+                .fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+        } else {
+            failed.push(chunk);
+        }
+    }
+    for chunk in copier.finish()? {
         shared
             .copied
             .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
         shared
             .bytes_done
             .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
-        missing.push(chunk);
+        failed.push(chunk);
     }
-    let filling = Filling {
-        path: temp.into(),
-        file: Arc::new(file),
-        behind,
-    };
+    Ok(failed)
+}
+
+/// [`plan_local`] then [`copy_planned`], one after the other: the temporary, and every chunk
+/// still missing.
+#[cfg(test)]
+fn copy_local(
+    config: &PullerConfig,
+    shared: &Shared,
+    temp: &Path,
+    chunks: Vec<shoal_core::chunk::Chunk>,
+    ahead: Option<&ahead::Written>,
+) -> io::Result<(Filling, Vec<shoal_core::chunk::Chunk>)> {
+    let Local {
+        filling,
+        to_copy,
+        mut missing,
+    } = plan_local(config, shared, temp, chunks, ahead)?;
+    missing.extend(copy_planned(config, shared, &filling, to_copy)?);
+    missing.sort_by_key(|c| c.offset);
     Ok((filling, missing))
 }
 
@@ -1961,43 +2064,40 @@ fn never_written(file: &File, offset: u64, len: u32) -> bool {
     }
 }
 
+/// Whether the temporary `file` holds `chunk` (read into `buf`). One lying wholly in a hole was
+/// never written (the temporary is preallocated, and file systems show blocks reserved but never
+/// written as holes): not read, so resuming a large download reads what it had, not the whole
+/// file.
+fn holds(file: &File, buf: &mut Vec<u8>, chunk: &shoal_core::chunk::Chunk) -> bool {
+    if never_written(file, chunk.offset, chunk.len) {
+        return false;
+    }
+    buf.resize(chunk.len as usize, 0);
+    file.read_exact_at(buf, chunk.offset).is_ok() && Hash::of(buf) == chunk.hash
+}
+
 /// Fills one temporary from local files.
 struct Copier<'a> {
     config: &'a PullerConfig,
-    file: &'a File,
+    filling: &'a Filling,
     sources: Sources,
     /// Chunks waiting to be copied in one call.
     run: Option<Run>,
     /// Chunks copied unread, with the source they came from.
     unread: Vec<(usize, shoal_core::chunk::Chunk)>,
     buf: Vec<u8>,
-    behind: WriteBehind,
 }
 
 impl<'a> Copier<'a> {
-    fn new(config: &'a PullerConfig, file: &'a File) -> Copier<'a> {
+    fn new(config: &'a PullerConfig, filling: &'a Filling) -> Copier<'a> {
         Copier {
             config,
-            file,
+            filling,
             sources: Sources::default(),
             run: None,
             unread: Vec::new(),
             buf: Vec::new(),
-            behind: WriteBehind::new(),
         }
-    }
-
-    /// Whether the temporary being resumed holds `chunk`. One lying wholly in a hole was never
-    /// written (the temporary is preallocated, and file systems show blocks reserved but never
-    /// written as holes): not read, so resuming a large download reads what it had, not the
-    /// whole file.
-    fn already_there(&mut self, chunk: &shoal_core::chunk::Chunk) -> bool {
-        if never_written(self.file, chunk.offset, chunk.len) {
-            return false;
-        }
-        self.buf.resize(chunk.len as usize, 0);
-        self.file.read_exact_at(&mut self.buf, chunk.offset).is_ok()
-            && Hash::of(&self.buf) == chunk.hash
     }
 
     /// Copies `chunk` from a local file that has it, if one does; false if none.
@@ -2026,9 +2126,9 @@ impl<'a> Copier<'a> {
                 .is_ok()
                 && Hash::of(&self.buf) == chunk.hash
             {
-                self.file.write_all_at(&self.buf, chunk.offset)?;
-                self.behind
-                    .wrote(self.file, chunk.offset, chunk.offset + u64::from(chunk.len));
+                self.filling.file.write_all_at(&self.buf, chunk.offset)?;
+                self.filling
+                    .wrote(chunk.offset, chunk.offset + u64::from(chunk.len));
                 return Ok(true);
             }
         }
@@ -2057,16 +2157,16 @@ impl<'a> Copier<'a> {
 
     fn copy(&mut self, run: Run) -> io::Result<()> {
         let (source, start, end) = (run.source, run.to, run.to + run.len);
-        if !run.copy(&self.sources, self.file)? {
+        if !run.copy(&self.sources, &self.filling.file)? {
             self.sources.list[source].cut_short = true;
         }
-        self.behind.wrote(self.file, start, end);
+        self.filling.wrote(start, end);
         Ok(())
     }
 
     /// Copies what is still waiting, then reads back and verifies every chunk copied unread from
-    /// a source whose stat moved meanwhile; returns those that do not verify, and the window.
-    fn finish(mut self) -> io::Result<(Vec<shoal_core::chunk::Chunk>, WriteBehind)> {
+    /// a source whose stat moved meanwhile; returns those that do not verify.
+    fn finish(mut self) -> io::Result<Vec<shoal_core::chunk::Chunk>> {
         if let Some(r) = self.run.take() {
             self.copy(r)?;
         }
@@ -2078,11 +2178,11 @@ impl<'a> Copier<'a> {
             .collect();
         let mut failed = Vec::new();
         for (at, chunk) in std::mem::take(&mut self.unread) {
-            if moved[at] && !self.already_there(&chunk) {
+            if moved[at] && !holds(&self.filling.file, &mut self.buf, &chunk) {
                 failed.push(chunk);
             }
         }
-        Ok((failed, self.behind))
+        Ok(failed)
     }
 }
 
@@ -2654,6 +2754,74 @@ mod tests {
         }
     }
 
+    /// Answers with whole chunks, and notes whether it was asked for one while the temporary did
+    /// not yet hold `probe` (bytes the copier writes last).
+    struct Watches {
+        holds: HashMap<Hash, Vec<u8>>,
+        temp: PathBuf,
+        probe: (u64, Vec<u8>),
+        early: Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl Watches {
+        fn answer(&self, hash: Hash) -> Fetching {
+            let mut there = vec![0; self.probe.1.len()];
+            let read =
+                File::open(&self.temp).and_then(|f| f.read_exact_at(&mut there, self.probe.0));
+            if read.is_err() || there != self.probe.1 {
+                self.early.store(true, Ordering::Relaxed);
+            }
+            let answer = self.holds.get(&hash).cloned().ok_or_else(|| "none".into());
+            Box::pin(async move { answer })
+        }
+    }
+    impl ChunkSource for Watches {
+        fn fetch(&self, hash: Hash, _: Vec<PeerKey>) -> Fetching {
+            self.answer(hash)
+        }
+        fn fetch_near(&self, hash: Hash, _: Vec<PeerKey>, _: Vec<u8>, _: u32) -> Fetching {
+            self.answer(hash)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edit_is_fetched_while_the_rest_is_copied() {
+        // 64 MiB with 100 kB changed near the start: the copier writes the unchanged end last.
+        let old = shoal_core::testing::noise(64 << 20, 41);
+        let mut new = old.clone();
+        new[1 << 20..(1 << 20) + 100_000].copy_from_slice(&shoal_core::testing::noise(100_000, 42));
+        let chunks = shoal_core::chunk::chunk_bytes(&new);
+        let holds: HashMap<Hash, Vec<u8>> = chunks
+            .iter()
+            .map(|c| {
+                (
+                    c.hash,
+                    new[c.offset as usize..(c.offset + u64::from(c.len)) as usize].to_vec(),
+                )
+            })
+            .collect();
+        let last = chunks.last().expect("chunks");
+        let (_tmp, mut config) = namespace(&[("big", &old)]);
+        let need = wanted("big", Kind::File, &new);
+        let early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        config.source = Arc::new(Watches {
+            holds,
+            temp: temp_path(&root(&config).join("big"), &need.target.hash),
+            probe: (last.offset, new[last.offset as usize..].to_vec()),
+            early: early.clone(),
+        });
+        let (config, shared) = (Arc::new(config), Arc::new(Shared::default()));
+        let Ok(ready) = assemble(&config, &shared, need, Arc::new(Semaphore::new(8))).await else {
+            panic!("not assembled");
+        };
+        assert!(must(fs::read(&ready.temp)) == new, "assembled wrong");
+        assert!(
+            early.load(Ordering::Relaxed),
+            "the changed chunks were asked for only once the copy was done"
+        );
+        let copied = shared.copied.load(Ordering::Relaxed);
+        assert!(copied > 60 << 20, "{copied} bytes copied");
+    }
+
     /// What a peer's record of `path` with these contents (a file) or link target asks for.
     fn wanted(path: &str, kind: Kind, bytes: &[u8]) -> Need {
         let chunks = shoal_core::chunk::chunk_bytes(bytes);
@@ -2801,7 +2969,8 @@ mod tests {
                 .truncate(true)
                 .open(root(&config).join("t")),
         );
-        let mut copier = Copier::new(&config, &temp);
+        let filling = Filling::new(root(&config).join("t").into(), temp);
+        let mut copier = Copier::new(&config, &filling);
         for c in &chunks {
             assert!(must(copier.copy_from_local(c)), "chunk at {}", c.offset);
         }
@@ -2812,7 +2981,7 @@ mod tests {
                 .open(root(&config).join("big")),
         );
         must(big.set_len(20 << 20));
-        let (failed, _) = must(copier.finish());
+        let failed = must(copier.finish());
         assert!(!failed.is_empty());
         let got = must(fs::read(root(&config).join("t")));
         for c in chunks.iter().filter(|c| !failed.contains(c)) {
