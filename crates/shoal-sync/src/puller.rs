@@ -1606,13 +1606,14 @@ async fn fetch_missing(
         let shared = shared.clone();
         let near = near_at
             .as_ref()
-            .filter(|(_, at)| at.contains(&chunk.offset))
-            .map(|(old, _)| old.clone());
+            .and_then(|(old, at)| Some((old.clone(), *at.get(&chunk.offset)?)));
         tasks.spawn(async move {
             let _permit = fetches.acquire_owned().await;
             let in_flight = shared.pace.admit(u64::from(chunk.len)).await;
             let bytes = match near {
-                Some(old) => fetch_near_verified(&*source, &sources, &chunk, old).await?,
+                Some((old, from)) => {
+                    fetch_near_verified(&*source, &sources, &chunk, old, from).await?
+                }
                 None => fetch_verified(&*source, &sources, &chunk).await?,
             };
             in_flight.arrived();
@@ -1645,23 +1646,23 @@ async fn fetch_missing(
     first_error.map_or(Ok(()), Err)
 }
 
-/// The file `need` replaces, if it is there, and the offsets of the missing chunks to ask for as
-/// the pieces that differ from what it holds in their place ([`ChunkSource::fetch_near`]). An
-/// edit in place changes a range; the chunks around its ends hold unchanged bytes up to the
-/// boundaries, and those fall in place again only a chunk or three later: ~300 KiB either side
-/// of a 1 MiB edit, sent again for nothing. Where at most a quarter of the file is missing (an
-/// edit, not a new file), every missing chunk is asked for so; elsewhere the first and last
-/// [`EDGE_CHUNKS`] of each run of missing chunks, the rest being new through and through (reading
-/// and hashing the old bytes would be for nothing).
+/// The file `need` replaces, if it is there, and the missing chunks to ask for as the pieces that
+/// differ from what it holds in their place ([`ChunkSource::fetch_near`]), each with where in it
+/// that is ([`near_offsets`]). An edit changes a range; the chunks around its ends hold unchanged
+/// bytes up to the boundaries, and those fall in place again only a chunk or three later: ~300 KiB
+/// either side of a 1 MiB edit, sent again for nothing. Where at most a quarter of the file is
+/// missing (an edit, not a new file), every missing chunk is asked for so; elsewhere the first and
+/// last [`EDGE_CHUNKS`] of each run of missing chunks, the rest being new through and through
+/// (reading and hashing the old bytes would be for nothing).
 fn near_chunks(
     config: &PullerConfig,
     need: &Need,
     missing: &[shoal_core::chunk::Chunk],
-) -> Option<(Arc<File>, HashSet<u64>)> {
+) -> Option<(Arc<File>, HashMap<u64, i64>)> {
     let absent: HashSet<u64> = missing.iter().map(|c| c.offset).collect();
     let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
     let edit = missing_bytes <= need.target.size / 4;
-    let mut at = HashSet::new();
+    let mut asked = HashSet::new();
     let mut run: Vec<u64> = Vec::new();
     let chunks: Vec<u64> = need
         .target
@@ -1672,18 +1673,22 @@ fn near_chunks(
     for offset in chunks.into_iter().map(Some).chain([None]) {
         match offset {
             Some(o) if absent.contains(&o) => run.push(o),
-            _ if edit => at.extend(run.drain(..)),
+            _ if edit => asked.extend(run.drain(..)),
             _ => {
                 let n = run.len();
-                at.extend(run.iter().take(EDGE_CHUNKS));
-                at.extend(run.iter().skip(n.saturating_sub(EDGE_CHUNKS)));
+                asked.extend(run.iter().take(EDGE_CHUNKS));
+                asked.extend(run.iter().skip(n.saturating_sub(EDGE_CHUNKS)));
                 run.clear();
             }
         }
     }
-    if at.is_empty() {
+    if asked.is_empty() {
         return None;
     }
+    let at = near_offsets(need, &absent)
+        .into_iter()
+        .filter(|(offset, _)| asked.contains(offset))
+        .collect();
     let old = OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
@@ -1697,21 +1702,80 @@ fn near_chunks(
 /// Missing chunks asked for as pieces at each end of a run of them ([`near_chunks`]).
 const EDGE_CHUNKS: usize = 2;
 
-/// A chunk of a file being edited ([`near_chunks`]): the pieces that differ from what `old` holds in
-/// its place, put together with the rest and verified; if that fails, the whole chunk
-/// ([`fetch_verified`]).
+/// Where in the file being replaced (`need.local`, as this node indexed it) the bytes of each
+/// missing chunk (offsets in `absent`) most likely are: its offset in the new version, less how
+/// far the content around it moved. A chunk both versions have tells how far it moved (its new
+/// offset less its old); a run of missing chunks takes the shift of the chunk before it, and its
+/// last chunk the shift of the chunk after it — so an insert or a delete, which moves everything
+/// after it, leaves the pieces after it in place: 1 byte inserted at the start of a file makes its
+/// first chunk new through and through at the same offset, and one piece of it new at the shifted
+/// one. An overwrite moves nothing: the same offset. May be before the file's start (the caller
+/// reads what there is).
+fn near_offsets(need: &Need, absent: &HashSet<u64>) -> HashMap<u64, i64> {
+    // Old offsets of each chunk of the replaced version.
+    let mut old: HashMap<Hash, Vec<u64>> = HashMap::new();
+    if let Some(local) = need.local.as_ref().filter(|l| !l.deleted) {
+        for c in local.chunks_with_offsets() {
+            old.entry(c.hash).or_default().push(c.offset);
+        }
+    }
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    // The shift of each chunk of the new version found in the old one (the nearest copy).
+    let shift_of = |c: &shoal_core::chunk::Chunk| -> Option<i64> {
+        let offsets = old.get(&c.hash)?;
+        let nearest = offsets.iter().min_by_key(|o| o.abs_diff(c.offset))?;
+        Some(as_i64(c.offset) - as_i64(*nearest))
+    };
+    let mut at = HashMap::new();
+    let mut before: Option<i64> = None;
+    let mut run: Vec<u64> = Vec::new();
+    let mut settle = |run: &mut Vec<u64>, before: Option<i64>, after: Option<i64>| {
+        let n = run.len();
+        for (i, offset) in run.drain(..).enumerate() {
+            let shift = if i + 1 == n {
+                after.or(before)
+            } else {
+                before.or(after)
+            };
+            at.insert(offset, as_i64(offset) - shift.unwrap_or(0));
+        }
+    };
+    for c in need.target.chunks_with_offsets() {
+        if absent.contains(&c.offset) {
+            run.push(c.offset);
+            continue;
+        }
+        // A chunk this node has elsewhere but not in this file tells nothing of a shift.
+        if let Some(shift) = shift_of(&c) {
+            settle(&mut run, before, Some(shift));
+            before = Some(shift);
+        }
+    }
+    settle(&mut run, before, None);
+    at
+}
+
+/// A chunk of a file being edited ([`near_chunks`]): the pieces that differ from what `old` holds
+/// at `from` (where its bytes most likely are; before the file's start reads as zeros), put
+/// together with the rest and verified; if that fails, the whole chunk ([`fetch_verified`]).
 async fn fetch_near_verified(
     source: &dyn ChunkSource,
     sources: &[PeerKey],
     chunk: &shoal_core::chunk::Chunk,
     old: Arc<File>,
+    from: i64,
 ) -> Result<Vec<u8>, Failure> {
-    let (offset, len) = (chunk.offset, chunk.len as usize);
+    let len = chunk.len as usize;
     let near = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0; len];
-        let mut n = 0;
+        // Bytes before the file's start stay zeros: their pieces are sent.
+        let mut n = usize::try_from(from.min(0).unsigned_abs())
+            .unwrap_or(len)
+            .min(len);
+        let start = u64::try_from(from.max(0)).unwrap_or(0);
+        let skipped = n as u64;
         while n < len {
-            match old.read_at(&mut buf[n..], offset + n as u64) {
+            match old.read_at(&mut buf[n..], start + (n as u64 - skipped)) {
                 Ok(0) | Err(_) => break,
                 Ok(k) => n += k,
             }
@@ -2751,6 +2815,56 @@ mod tests {
                 assert!(sent <= 100_000 + 2 * PIECE as u64, "{sent} bytes sent");
                 assert!(fresh > 2 * sent, "{fresh} bytes in the chunks changed");
             }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_inserted_or_deleted_are_fetched_as_the_pieces_that_moved() {
+        use shoal_core::chunk::PIECE;
+        let old = shoal_core::testing::noise(8 << 20, 33);
+        let old_chunks = shoal_core::chunk::chunk_bytes(&old);
+        // 1 byte inserted at the start; 3 bytes deleted just after the third chunk's start.
+        let mut inserted = vec![0xa5];
+        inserted.extend_from_slice(&old);
+        let cut = old_chunks[2].offset as usize + 10;
+        let mut deleted = old[..cut].to_vec();
+        deleted.extend_from_slice(&old[cut + 3..]);
+        for (what, new) in [("inserted", inserted), ("deleted", deleted)] {
+            let mut holds = HashMap::new();
+            let mut fresh = 0;
+            for c in shoal_core::chunk::chunk_bytes(&new) {
+                let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
+                holds.insert(c.hash, new[range].to_vec());
+                if !old_chunks.iter().any(|o| o.hash == c.hash) {
+                    fresh += u64::from(c.len);
+                }
+            }
+            let (_tmp, mut config) = namespace(&[("big", &old)]);
+            let sent = Arc::new(AtomicU64::new(0));
+            config.source = Arc::new(Pieces {
+                holds,
+                sent: sent.clone(),
+                lies: false,
+            });
+            let mut need = wanted("big", Kind::File, &new);
+            need.local = must(index(&config).get("big"));
+            let config = Arc::new(config);
+            let shared = Arc::new(Shared::default());
+            let Ok(ready) = assemble(&config, &shared, need, Arc::new(Semaphore::new(8))).await
+            else {
+                panic!("{what}: not assembled");
+            };
+            assert!(
+                must(fs::read(&ready.temp)) == new,
+                "{what}: assembled wrong"
+            );
+            // The piece holding the change, and at most one more; not the chunk around it.
+            let sent = sent.load(Ordering::Relaxed);
+            assert!(sent <= 2 * PIECE as u64, "{what}: {sent} bytes sent");
+            assert!(
+                fresh >= 4 * PIECE as u64,
+                "{what}: {fresh} bytes in the chunks changed"
+            );
         }
     }
 
