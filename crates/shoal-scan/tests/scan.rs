@@ -334,6 +334,44 @@ fn a_large_file_hashed_on_every_core_gets_the_chunks_of_reading_it_in_order() {
     }
 }
 
+/// A large new file's chunks are previewed to peers as they are found (on every core) — not when
+/// the file is mostly chunks this node already holds (a copy, or an edit saved as a new file and
+/// renamed over the old one): its peers copy those when its record comes.
+#[test]
+fn a_large_new_file_is_previewed_but_not_a_copy_of_one_already_here() {
+    let ns = Ns::new();
+    let mut previews = ns.scanner.index().subscribe_previews();
+    let mut previewed = || -> usize {
+        let mut n = 0;
+        while let Ok(p) = previews.try_recv() {
+            n += p.chunks.len();
+        }
+        n
+    };
+    let data = shoal_core::testing::noise(40 << 20, 51);
+    ns.write("a.bin", &data);
+    ns.scan();
+    let chunks = chunk_bytes(&data).len();
+    if shoal_scan::cores() > 1 {
+        assert_eq!(previewed(), chunks, "a new file's chunks previewed");
+    }
+    let mut edited = vec![1];
+    edited.extend_from_slice(&data);
+    ns.write("b.bin", &edited);
+    ns.scan();
+    assert_eq!(
+        ns.get("b.bin").unwrap().hash,
+        file_hash(&chunk_bytes(&edited))
+    );
+    assert_eq!(previewed(), 0, "a copy of a.bin with one byte inserted");
+    let fresh = shoal_core::testing::noise(40 << 20, 52);
+    ns.write("c.bin", &fresh);
+    ns.scan();
+    if shoal_scan::cores() > 1 {
+        assert_eq!(previewed(), chunk_bytes(&fresh).len(), "new data again");
+    }
+}
+
 /// A file rewritten again and again while it is scanned is never recorded torn: every hash the index
 /// ever holds is the hash of a state that really was on disk.
 #[test]
