@@ -2037,27 +2037,27 @@ fn copy_planned(
     filling: &Filling,
     to_copy: Vec<shoal_core::chunk::Chunk>,
 ) -> io::Result<Vec<shoal_core::chunk::Chunk>> {
+    // Copied bytes count as done; those that failed to verify after all are taken back.
+    let count = |chunk: &shoal_core::chunk::Chunk, copied: bool| {
+        for counter in [&shared.copied, &shared.bytes_done] {
+            if copied {
+                counter.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
+            }
+        }
+    };
     let mut copier = Copier::new(config, filling);
     let mut failed = Vec::new();
     for chunk in to_copy {
         if copier.copy_from_local(&chunk)? {
-            shared
-                .copied
-                .fetch_add(u64::from(chunk.len), Ordering::Relaxed);
-            shared
-                .bytes_done
-                .fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            count(&chunk, true);
         } else {
             failed.push(chunk);
         }
     }
     for chunk in copier.finish()? {
-        shared
-            .copied
-            .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
-        shared
-            .bytes_done
-            .fetch_sub(u64::from(chunk.len), Ordering::Relaxed);
+        count(&chunk, false);
         failed.push(chunk);
     }
     Ok(failed)
@@ -2773,6 +2773,22 @@ mod tests {
         }
     }
 
+    /// The chunks of `new` by hash (what a peer holding it answers with), and the bytes of those
+    /// `old` does not have.
+    fn chunks_and_fresh(old: &[u8], new: &[u8]) -> (HashMap<Hash, Vec<u8>>, u64) {
+        let old_chunks = shoal_core::chunk::chunk_bytes(old);
+        let mut holds = HashMap::new();
+        let mut fresh = 0;
+        for c in shoal_core::chunk::chunk_bytes(new) {
+            let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
+            holds.insert(c.hash, new[range].to_vec());
+            if !old_chunks.iter().any(|o| o.hash == c.hash) {
+                fresh += u64::from(c.len);
+            }
+        }
+        (holds, fresh)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_edited_in_place_is_fetched_as_the_pieces_that_differ() {
         use shoal_core::chunk::PIECE;
@@ -2780,16 +2796,7 @@ mod tests {
         let mut new = old.clone();
         let at = (3 << 20) + 5000;
         new[at..at + 100_000].copy_from_slice(&shoal_core::testing::noise(100_000, 32));
-        let old_chunks = shoal_core::chunk::chunk_bytes(&old);
-        let mut holds = HashMap::new();
-        let mut fresh = 0;
-        for c in shoal_core::chunk::chunk_bytes(&new) {
-            let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
-            holds.insert(c.hash, new[range].to_vec());
-            if !old_chunks.iter().any(|o| o.hash == c.hash) {
-                fresh += u64::from(c.len);
-            }
-        }
+        let (holds, fresh) = chunks_and_fresh(&old, &new);
         for lies in [false, true] {
             let (_tmp, mut config) = namespace(&[("big", &old)]);
             let sent = Arc::new(AtomicU64::new(0));
@@ -2830,15 +2837,7 @@ mod tests {
         let mut deleted = old[..cut].to_vec();
         deleted.extend_from_slice(&old[cut + 3..]);
         for (what, new) in [("inserted", inserted), ("deleted", deleted)] {
-            let mut holds = HashMap::new();
-            let mut fresh = 0;
-            for c in shoal_core::chunk::chunk_bytes(&new) {
-                let range = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
-                holds.insert(c.hash, new[range].to_vec());
-                if !old_chunks.iter().any(|o| o.hash == c.hash) {
-                    fresh += u64::from(c.len);
-                }
-            }
+            let (holds, fresh) = chunks_and_fresh(&old, &new);
             let (_tmp, mut config) = namespace(&[("big", &old)]);
             let sent = Arc::new(AtomicU64::new(0));
             config.source = Arc::new(Pieces {
