@@ -444,6 +444,12 @@ impl Index {
         Ok(())
     }
 
+    /// Whether this node holds a chunk with this hash in a live file (as far as the index knows:
+    /// the file may have changed since; an index error counts as not).
+    pub fn holds(&self, hash: &Hash) -> bool {
+        self.chunk_locations(hash).is_ok_and(|l| !l.is_empty())
+    }
+
     /// Where this node holds a chunk with this hash, in live files.
     pub fn chunk_locations(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, IndexError> {
         // Read before the transaction begins: a commit after this makes anything cached below

@@ -442,11 +442,7 @@ impl Scanner {
                         };
                         let new: Vec<shoal_core::chunk::Chunk> = chunks
                             .iter()
-                            .filter(|c| {
-                                self.index
-                                    .chunk_locations(&c.hash)
-                                    .map_or(true, |l| l.is_empty())
-                            })
+                            .filter(|c| !self.index.holds(&c.hash))
                             .copied()
                             .collect();
                         let n = chunks.len() as u64;

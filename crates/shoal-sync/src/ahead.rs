@@ -318,10 +318,7 @@ async fn fetch_ahead(
         let Some(chunk) = window.pop() else {
             continue;
         };
-        let local = index(&config)
-            .chunk_locations(&chunk.hash)
-            .is_ok_and(|l| !l.is_empty());
-        if local {
+        if index(&config).holds(&chunk.hash) {
             continue;
         }
         let (source, to_writer) = (config.source.clone(), to_writer.clone());

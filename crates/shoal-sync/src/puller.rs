@@ -1559,7 +1559,8 @@ async fn assemble(
         fetch_missing(config, shared, &need, filling.clone(), failed, fetches).await?;
     }
     debug!(path = %need.path, secs = started.elapsed().as_secs_f32(), "copier and fetcher done");
-    let file = filling.file.clone();
+    // The last handle on the temporary: closed before its mtime is set.
+    let file = filling.file;
     let target = need.target.clone();
     let temp2 = temp.clone();
     tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -1662,33 +1663,10 @@ fn near_chunks(
     let absent: HashSet<u64> = missing.iter().map(|c| c.offset).collect();
     let missing_bytes: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
     let edit = missing_bytes <= need.target.size / 4;
-    let mut asked = HashSet::new();
-    let mut run: Vec<u64> = Vec::new();
-    let chunks: Vec<u64> = need
-        .target
-        .chunks_with_offsets()
-        .map(|c| c.offset)
-        .collect();
-    // A run ends at a chunk this node had, and at the end of the file.
-    for offset in chunks.into_iter().map(Some).chain([None]) {
-        match offset {
-            Some(o) if absent.contains(&o) => run.push(o),
-            _ if edit => asked.extend(run.drain(..)),
-            _ => {
-                let n = run.len();
-                asked.extend(run.iter().take(EDGE_CHUNKS));
-                asked.extend(run.iter().skip(n.saturating_sub(EDGE_CHUNKS)));
-                run.clear();
-            }
-        }
-    }
-    if asked.is_empty() {
+    let at = near_offsets(need, &absent, edit);
+    if at.is_empty() {
         return None;
     }
-    let at = near_offsets(need, &absent)
-        .into_iter()
-        .filter(|(offset, _)| asked.contains(offset))
-        .collect();
     let old = OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
@@ -1702,16 +1680,17 @@ fn near_chunks(
 /// Missing chunks asked for as pieces at each end of a run of them ([`near_chunks`]).
 const EDGE_CHUNKS: usize = 2;
 
-/// Where in the file being replaced (`need.local`, as this node indexed it) the bytes of each
-/// missing chunk (offsets in `absent`) most likely are: its offset in the new version, less how
-/// far the content around it moved. A chunk both versions have tells how far it moved (its new
+/// Where in the file being replaced (`need.local`, as this node indexed it) the bytes of the
+/// missing chunks (offsets in `absent`) to ask for as pieces most likely are — all of them when
+/// `every`, else the [`EDGE_CHUNKS`] at each end of each run: their offset in the new version,
+/// less how far the content around them moved. A chunk both versions have tells how far it moved (its new
 /// offset less its old); a run of missing chunks takes the shift of the chunk before it, and its
 /// last chunk the shift of the chunk after it — so an insert or a delete, which moves everything
 /// after it, leaves the pieces after it in place: 1 byte inserted at the start of a file makes its
 /// first chunk new through and through at the same offset, and one piece of it new at the shifted
 /// one. An overwrite moves nothing: the same offset. May be before the file's start (the caller
 /// reads what there is).
-fn near_offsets(need: &Need, absent: &HashSet<u64>) -> HashMap<u64, i64> {
+fn near_offsets(need: &Need, absent: &HashSet<u64>, every: bool) -> HashMap<u64, i64> {
     // Old offsets of each chunk of the replaced version.
     let mut old: HashMap<Hash, Vec<u64>> = HashMap::new();
     if let Some(local) = need.local.as_ref().filter(|l| !l.deleted) {
@@ -1732,6 +1711,9 @@ fn near_offsets(need: &Need, absent: &HashSet<u64>) -> HashMap<u64, i64> {
     let mut settle = |run: &mut Vec<u64>, before: Option<i64>, after: Option<i64>| {
         let n = run.len();
         for (i, offset) in run.drain(..).enumerate() {
+            if !every && i >= EDGE_CHUNKS && i + EDGE_CHUNKS < n {
+                continue;
+            }
             let shift = if i + 1 == n {
                 after.or(before)
             } else {
@@ -1769,13 +1751,13 @@ async fn fetch_near_verified(
     let near = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0; len];
         // Bytes before the file's start stay zeros: their pieces are sent.
-        let mut n = usize::try_from(from.min(0).unsigned_abs())
+        let pad = usize::try_from(from.min(0).unsigned_abs())
             .unwrap_or(len)
             .min(len);
         let start = u64::try_from(from.max(0)).unwrap_or(0);
-        let skipped = n as u64;
+        let mut n = pad;
         while n < len {
-            match old.read_at(&mut buf[n..], start + (n as u64 - skipped)) {
+            match old.read_at(&mut buf[n..], start + (n - pad) as u64) {
                 Ok(0) | Err(_) => break,
                 Ok(k) => n += k,
             }
@@ -2002,7 +1984,8 @@ fn plan_local(
         if there {
             filling.wrote(chunk.offset, chunk.offset + len);
             shared.bytes_done.fetch_add(len, Ordering::Relaxed);
-        } else if held_locally(config, &chunk) {
+        } else if index(config).holds(&chunk.hash) {
+            // Where a local file still does is for the copier to find.
             to_copy.push(chunk);
         } else {
             missing.push(chunk);
@@ -2013,14 +1996,6 @@ fn plan_local(
         to_copy,
         missing,
     })
-}
-
-/// Whether the index knows a local file holding `chunk` (where it still does is for the copier
-/// to find).
-fn held_locally(config: &PullerConfig, chunk: &shoal_core::chunk::Chunk) -> bool {
-    index(config)
-        .chunk_locations(&chunk.hash)
-        .is_ok_and(|locations| locations.iter().any(|l| l.len == chunk.len))
 }
 
 /// Copier: copies `to_copy` into the temporary from the local files holding them; returns those
